@@ -1,0 +1,47 @@
+# Every target a newcomer needs; the README names each one.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv run test test-fast lint typecheck check migrate clean
+
+help:
+	@echo "make run        embedded PostgreSQL + Kafka-protocol broker + sample catalogue + worker"
+	@echo "make test       lint, type-check and the whole test suite (needs nothing running)"
+	@echo "make test-fast  unit tests only (no database, no broker)"
+	@echo "make lint       ruff"
+	@echo "make typecheck  mypy --strict on service/ and schemas/"
+	@echo "make migrate    alembic upgrade head against STOCK_DATABASE_URL"
+	@echo "make clean      remove the virtualenv and the embedded stack's data"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/stock dev
+
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check service schemas migrations tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck
+
+migrate: $(STAMP)
+	$(BIN)/stock migrate
+
+clean:
+	rm -rf $(VENV) .stock-dev .pytest_cache .mypy_cache .ruff_cache

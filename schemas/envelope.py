@@ -1,0 +1,59 @@
+"""CloudEvents 1.0 envelope, structured mode, as published and accepted."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EventType(StrEnum):
+    ORDER_CHECKOUT = "order.checkout"
+    PAYMENT_SUCCEEDED = "payment.succeeded"
+    PAYMENT_FAILED = "payment.failed"
+    ORDER_CANCELLED = "order.cancelled"
+    STOCK_CHANGED = "stock.changed"
+    STOCK_LOW = "stock.low"
+    STOCK_RESERVATION = "stock.reservation"
+
+
+class CloudEvent(BaseModel):
+    """The attributes the contract names; extension attributes are kept as extras."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: str = "1.0"
+    id: str = Field(min_length=1, max_length=500)
+    source: str = Field(min_length=1, max_length=500)
+    type: str = Field(min_length=1)
+    time: datetime | None = None
+    datacontenttype: str | None = "application/json"
+    subject: str | None = None
+    data: Any = None
+
+
+def build_event(
+    event_type: str,
+    data: BaseModel | dict[str, Any],
+    *,
+    source: str,
+    event_id: str | None = None,
+    time: datetime | None = None,
+    **extensions: str,
+) -> dict[str, Any]:
+    """A structured-mode CloudEvent as a JSON-ready dict (what goes on the wire)."""
+    payload = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": source,
+        "type": event_type,
+        "time": (time or datetime.now(UTC)).isoformat(),
+        "datacontenttype": "application/json",
+        "data": payload,
+    }
+    event.update(extensions)
+    return event

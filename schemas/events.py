@@ -1,0 +1,136 @@
+"""`data` payloads of every event in CONTRACT.md, consumed and published."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+#: Ids are opaque strings; NUL is refused because PostgreSQL text cannot hold it.
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
+]
+#: A billion units of one variant in one line is far past any real order; the bound
+#: keeps arithmetic inside PostgreSQL's bigint with room to spare.
+MAX_QUANTITY = 1_000_000_000
+Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
+MAX_LINES_PER_ORDER = 1000
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class OrderLine(_Data):
+    variant_id: Identifier
+    quantity: Quantity
+
+
+class OrderCheckout(_Data):
+    """Reserve every line, all or nothing.
+
+    A variant named on several lines is summed into one line: the order service
+    meant "this many in total", and rejecting would fail a checkout for a
+    formatting detail.
+    """
+
+    order_id: Identifier
+    lines: Annotated[list[OrderLine], Field(min_length=1, max_length=MAX_LINES_PER_ORDER)]
+    expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _expires_at_has_timezone(self) -> OrderCheckout:
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at must carry a timezone offset (RFC 3339)")
+        return self
+
+    def merged_lines(self) -> dict[str, int]:
+        """Quantity per variant, repeated variants summed, in first-seen order."""
+        merged: dict[str, int] = {}
+        for line in self.lines:
+            merged[line.variant_id] = merged.get(line.variant_id, 0) + line.quantity
+        return merged
+
+
+class PaymentSucceeded(_Data):
+    order_id: Identifier
+    payment_id: str | None = None
+    amount: Any = None
+    currency: str | None = None
+
+
+class PaymentFailed(_Data):
+    order_id: Identifier
+    payment_id: str | None = None
+    reason: str | None = None
+
+
+class OrderCancelled(_Data):
+    order_id: Identifier
+    reason: str | None = None
+
+
+class ReservationStatus(StrEnum):
+    RESERVED = "RESERVED"
+    REJECTED = "REJECTED"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+    RETURNED = "RETURNED"
+    CONFIRM_FAILED = "CONFIRM_FAILED"
+
+
+class ChangeType(StrEnum):
+    RESERVE = "RESERVE"
+    RELEASE = "RELEASE"
+    EXPIRE = "EXPIRE"
+    SALE = "SALE"
+    RETURN = "RETURN"
+    RESTOCK = "RESTOCK"
+    ADJUSTMENT = "ADJUSTMENT"
+
+
+class Shortage(_Data):
+    variant_id: str
+    requested: int
+    available: int
+
+
+class StockChanged(_Data):
+    variant_id: str
+    product_id: str
+    on_hand: int
+    reserved: int
+    available: int
+    change_type: ChangeType
+    delta_on_hand: int
+    delta_reserved: int
+    reference: str | None = None
+    version: int
+
+
+class StockLow(_Data):
+    variant_id: str
+    product_id: str
+    available: int
+    threshold: int
+    out_of_stock: bool
+
+
+class StockReservation(_Data):
+    order_id: str
+    status: ReservationStatus
+    lines: list[OrderLine]
+    reason: str | None = None
+    shortages: list[Shortage] | None = None
+
+
+#: Consumed event type -> its `data` model. The worker dispatches on `type`.
+CONSUMED_DATA_MODELS: dict[str, type[_Data]] = {
+    "order.checkout": OrderCheckout,
+    "payment.succeeded": PaymentSucceeded,
+    "payment.failed": PaymentFailed,
+    "order.cancelled": OrderCancelled,
+}

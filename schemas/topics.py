@@ -1,0 +1,10 @@
+"""Default topic names (every one is configurable through a STOCK_TOPIC_* setting)."""
+
+ORDER_CHECKOUT = "order.checkout"
+PAYMENT_SUCCEEDED = "payment.succeeded"
+PAYMENT_FAILED = "payment.failed"
+ORDER_CANCELLED = "order.cancelled"
+STOCK_CHANGED = "stock.changed"
+STOCK_LOW = "stock.low"
+STOCK_RESERVATION = "stock.reservation"
+STOCK_DLQ = "stock.dlq"

@@ -1,0 +1,111 @@
+"""Publishes outbox rows to Kafka in id order, then marks them published.
+
+One relay at a time per database: the leader holds a session-level advisory
+lock on its LISTEN connection; if it dies, the connection closes, the lock is
+freed and another worker's relay takes over within a poll interval. A single
+publisher, in id order, keeps every key's events in the order they committed.
+
+Delivery is at least once: a relay that dies after publishing and before marking
+republishes those rows. Each carries a stable CloudEvent `id` (and `stock.changed`
+a per-variant `version`), so consumers drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+
+from service.adapters.database import asyncpg_dsn, is_transient
+from service.adapters.tables import OUTBOX_CHANNEL
+from service.outbound import decode_headers
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Advisory lock key of the relay leader ("stock-outbox" as a number).
+RELAY_LOCK_KEY = 0x73746F636B6F7574
+
+_FETCH = """
+    SELECT id, topic, key, value, headers FROM outbox
+    WHERE published_at IS NULL ORDER BY id LIMIT $1
+"""
+_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+_PURGE = "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)"
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings, producer: Any) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.published_total = 0
+        self.is_leader = False
+        self._wake = asyncio.Event()
+
+    async def run_forever(self) -> None:
+        backoff = self.settings.retry_initial_backoff_seconds
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.is_leader = False
+                level = logging.WARNING if is_transient(error) else logging.ERROR
+                log.log(level, "outbox relay interrupted (%s: %s); retry in %.1fs",
+                        type(error).__name__, error, backoff, exc_info=level == logging.ERROR)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff_seconds)
+            else:
+                backoff = self.settings.retry_initial_backoff_seconds
+
+    async def _lead(self) -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(self.settings.database_url))
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                await asyncio.sleep(self.settings.outbox_poll_interval_seconds)
+            self.is_leader = True
+            log.info("outbox relay: this worker is the leader")
+            await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
+            rounds = 0
+            while True:
+                self._wake.clear()
+                published = await self.publish_pending(conn)
+                rounds += 1
+                if rounds % 1000 == 0:
+                    await conn.execute(_PURGE, self.settings.outbox_retention_hours * 3600)
+                if published < self.settings.outbox_batch_size:
+                    await self._wait_for_work()
+        finally:
+            self.is_leader = False
+            await conn.close()
+
+    async def publish_pending(self, conn: asyncpg.Connection) -> int:
+        """Publish one batch of unpublished rows, in order; mark them once all are acked."""
+        rows = await conn.fetch(_FETCH, self.settings.outbox_batch_size)
+        if not rows:
+            return 0
+        sends = [
+            await self.producer.send(
+                row["topic"],
+                value=row["value"],
+                key=row["key"],
+                headers=decode_headers(row["headers"]),
+            )
+            for row in rows
+        ]
+        await asyncio.gather(*sends)
+        await conn.execute(_MARK, [row["id"] for row in rows])
+        self.published_total += len(rows)
+        return len(rows)
+
+    async def _wait_for_work(self) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_interval_seconds)
+        except TimeoutError:
+            pass
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()

@@ -1,0 +1,328 @@
+"""Set-based load and write of the ledger's state, inside the caller's transaction.
+
+Locking order, everywhere: orders by `order_id`, then variants by `variant_id`.
+Every statement that locks several rows sorts them first, so two workers (or a
+worker and the sweeper) touching the same rows wait for each other, never deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.adapters.tables import OUTBOX_CHANNEL
+from service.domain.ledger import StockLedger
+from service.domain.model import EventRef, Order, OrderPhase, PaymentOutcome, Variant
+from service.outbound import OutboxMessage
+
+_CLAIM_EVENTS = text(
+    """
+    INSERT INTO processed_events (source, event_id)
+    SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]))
+    ON CONFLICT DO NOTHING
+    RETURNING source, event_id
+    """
+)
+
+_ENSURE_ORDERS = text(
+    """
+    INSERT INTO orders (order_id, phase)
+    SELECT order_id, 'PENDING' FROM unnest(CAST(:ids AS text[])) AS t(order_id)
+    ORDER BY order_id
+    ON CONFLICT DO NOTHING
+    """
+)
+
+_LOCK_ORDERS = text(
+    """
+    SELECT order_id, phase, expires_at, payment, cancelled, reason
+    FROM orders WHERE order_id = ANY(CAST(:ids AS text[]))
+    ORDER BY order_id
+    FOR UPDATE
+    """
+)
+
+_LOAD_LINES = text(
+    """
+    SELECT order_id, variant_id, quantity FROM order_lines
+    WHERE order_id = ANY(CAST(:ids AS text[]))
+    """
+)
+
+_LOCK_VARIANTS = text(
+    """
+    SELECT variant_id, product_id, on_hand, reserved, version, low_stock_threshold
+    FROM variants WHERE variant_id = ANY(CAST(:ids AS text[]))
+    ORDER BY variant_id
+    FOR UPDATE
+    """
+)
+
+_LOCK_EXPIRED_ORDERS = text(
+    """
+    SELECT order_id FROM orders
+    WHERE phase = 'RESERVED' AND expires_at <= :now
+    ORDER BY order_id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+_UPDATE_ORDERS = text(
+    """
+    UPDATE orders AS o SET
+        phase = u.phase, expires_at = u.expires_at, payment = u.payment,
+        cancelled = u.cancelled, reason = u.reason, updated_at = now()
+    FROM unnest(
+        CAST(:ids AS text[]), CAST(:phases AS text[]), CAST(:expires AS timestamptz[]),
+        CAST(:payments AS text[]), CAST(:cancelled AS boolean[]), CAST(:reasons AS text[])
+    ) AS u(order_id, phase, expires_at, payment, cancelled, reason)
+    WHERE o.order_id = u.order_id
+    """
+)
+
+_INSERT_LINES = text(
+    """
+    INSERT INTO order_lines (order_id, variant_id, quantity)
+    SELECT * FROM unnest(
+        CAST(:order_ids AS text[]), CAST(:variant_ids AS text[]), CAST(:quantities AS bigint[])
+    )
+    ON CONFLICT DO NOTHING
+    """
+)
+
+_UPDATE_VARIANTS = text(
+    """
+    UPDATE variants AS v SET
+        on_hand = u.on_hand, reserved = u.reserved, version = u.version, updated_at = now()
+    FROM unnest(
+        CAST(:ids AS text[]), CAST(:on_hand AS bigint[]), CAST(:reserved AS bigint[]),
+        CAST(:versions AS bigint[])
+    ) AS u(variant_id, on_hand, reserved, version)
+    WHERE v.variant_id = u.variant_id
+    """
+)
+
+_INSERT_VARIANTS = text(
+    """
+    INSERT INTO variants (variant_id, product_id, on_hand, reserved, version)
+    SELECT * FROM unnest(
+        CAST(:ids AS text[]), CAST(:products AS text[]), CAST(:on_hand AS bigint[]),
+        CAST(:reserved AS bigint[]), CAST(:versions AS bigint[])
+    )
+    """
+)
+
+_INSERT_AUDIT = text(
+    """
+    INSERT INTO audit_log (
+        variant_id, change_type, delta_on_hand, delta_reserved, on_hand_after, reserved_after,
+        version, reason, reference, source_event_source, source_event_id
+    )
+    SELECT * FROM unnest(
+        CAST(:variant_ids AS text[]), CAST(:types AS text[]), CAST(:d_on_hand AS bigint[]),
+        CAST(:d_reserved AS bigint[]), CAST(:on_hand AS bigint[]), CAST(:reserved AS bigint[]),
+        CAST(:versions AS bigint[]), CAST(:reasons AS text[]), CAST(:references AS text[]),
+        CAST(:sources AS text[]), CAST(:event_ids AS text[])
+    )
+    """
+)
+
+_INSERT_OUTBOX = text(
+    """
+    INSERT INTO outbox (topic, key, value, headers)
+    SELECT topic, key, value, CAST(headers AS jsonb) FROM unnest(
+        CAST(:topics AS text[]), CAST(:keys AS bytea[]), CAST(:values AS bytea[]),
+        CAST(:headers AS text[])
+    ) WITH ORDINALITY AS t(topic, key, value, headers, position)
+    ORDER BY position
+    """
+)
+
+_NOTIFY_OUTBOX = text(f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
+
+
+async def claim_events(conn: AsyncConnection, refs: Collection[EventRef]) -> set[EventRef]:
+    """Record consumed event ids; returns those not seen before (the ones to apply)."""
+    if not refs:
+        return set()
+    result = await conn.execute(
+        _CLAIM_EVENTS,
+        {"sources": [r.source for r in refs], "ids": [r.id for r in refs]},
+    )
+    return {EventRef(source, event_id) for source, event_id in result}
+
+
+@dataclass
+class LoadedState:
+    """Rows as loaded, to write back only what the ledger changed."""
+
+    orders: dict[str, Order] = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
+    order_rows: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    orders_with_lines: set[str] = field(default_factory=set)
+    variant_versions: dict[str, int] = field(default_factory=dict)
+
+
+async def lock_orders(
+    conn: AsyncConnection, order_ids: Iterable[str], state: LoadedState, *, create: bool = True
+) -> None:
+    """Lock (creating PENDING rows for new ids) and load orders with their lines."""
+    ids = sorted(set(order_ids))
+    if not ids:
+        return
+    if create:
+        await conn.execute(_ENSURE_ORDERS, {"ids": ids})
+    rows = await conn.execute(_LOCK_ORDERS, {"ids": ids})
+    for order_id, phase, expires_at, payment, cancelled, reason in rows:
+        state.orders[order_id] = Order(
+            order_id=order_id,
+            phase=OrderPhase(phase),
+            expires_at=expires_at,
+            payment=PaymentOutcome(payment) if payment else None,
+            cancelled=cancelled,
+            reason=reason,
+        )
+        state.order_rows[order_id] = (phase, expires_at, payment, cancelled, reason)
+    for order_id, variant_id, quantity in await conn.execute(_LOAD_LINES, {"ids": ids}):
+        state.orders[order_id].lines[variant_id] = quantity
+        state.orders_with_lines.add(order_id)
+
+
+async def lock_variants(
+    conn: AsyncConnection, variant_ids: Iterable[str], state: LoadedState
+) -> None:
+    ids = sorted(set(variant_ids))
+    if not ids:
+        return
+    for variant_id, product_id, on_hand, reserved, version, threshold in await conn.execute(
+        _LOCK_VARIANTS, {"ids": ids}
+    ):
+        state.variants[variant_id] = Variant(
+            variant_id, product_id, on_hand, reserved, version, threshold
+        )
+        state.variant_versions[variant_id] = version
+
+
+async def lock_expired_orders(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
+    """Expired holds no one else is working on (SKIP LOCKED: sweepers never collide)."""
+    result = await conn.execute(_LOCK_EXPIRED_ORDERS, {"now": now, "limit": limit})
+    return [order_id for (order_id,) in result]
+
+
+async def write_ledger(conn: AsyncConnection, ledger: StockLedger, state: LoadedState) -> None:
+    """Persist what the ledger changed: orders, new lines, variants, audit rows."""
+    await _write_orders(conn, ledger, state)
+    await _write_variants(conn, ledger, state)
+    if ledger.changes:
+        changes = ledger.changes
+        await conn.execute(
+            _INSERT_AUDIT,
+            {
+                "variant_ids": [c.variant_id for c in changes],
+                "types": [c.change_type.value for c in changes],
+                "d_on_hand": [c.delta_on_hand for c in changes],
+                "d_reserved": [c.delta_reserved for c in changes],
+                "on_hand": [c.on_hand for c in changes],
+                "reserved": [c.reserved for c in changes],
+                "versions": [c.version for c in changes],
+                "reasons": [c.reason for c in changes],
+                "references": [c.reference for c in changes],
+                "sources": [c.cause.source if c.cause else None for c in changes],
+                "event_ids": [c.cause.id if c.cause else None for c in changes],
+            },
+        )
+
+
+async def _write_orders(conn: AsyncConnection, ledger: StockLedger, state: LoadedState) -> None:
+    changed: list[Order] = []
+    for order_id in sorted(ledger.touched_orders):
+        order = ledger.orders[order_id]
+        row = (
+            order.phase.value,
+            order.expires_at,
+            order.payment.value if order.payment else None,
+            order.cancelled,
+            order.reason,
+        )
+        if state.order_rows.get(order_id) != row:
+            changed.append(order)
+    if changed:
+        await conn.execute(
+            _UPDATE_ORDERS,
+            {
+                "ids": [o.order_id for o in changed],
+                "phases": [o.phase.value for o in changed],
+                "expires": [o.expires_at for o in changed],
+                "payments": [o.payment.value if o.payment else None for o in changed],
+                "cancelled": [o.cancelled for o in changed],
+                "reasons": [o.reason for o in changed],
+            },
+        )
+    new_lines = [
+        (order.order_id, variant_id, quantity)
+        for order in changed
+        if order.order_id not in state.orders_with_lines
+        for variant_id, quantity in order.lines.items()
+    ]
+    if new_lines:
+        await conn.execute(
+            _INSERT_LINES,
+            {
+                "order_ids": [line[0] for line in new_lines],
+                "variant_ids": [line[1] for line in new_lines],
+                "quantities": [line[2] for line in new_lines],
+            },
+        )
+
+
+async def _write_variants(conn: AsyncConnection, ledger: StockLedger, state: LoadedState) -> None:
+    created = [ledger.variants[v] for v in sorted(ledger.created_variants)]
+    updated = [
+        variant
+        for variant_id, variant in sorted(ledger.variants.items())
+        if variant_id not in ledger.created_variants
+        and variant.version != state.variant_versions.get(variant_id)
+    ]
+    if created:
+        await conn.execute(
+            _INSERT_VARIANTS,
+            {
+                "ids": [v.variant_id for v in created],
+                "products": [v.product_id for v in created],
+                "on_hand": [v.on_hand for v in created],
+                "reserved": [v.reserved for v in created],
+                "versions": [v.version for v in created],
+            },
+        )
+    if updated:
+        await conn.execute(
+            _UPDATE_VARIANTS,
+            {
+                "ids": [v.variant_id for v in updated],
+                "on_hand": [v.on_hand for v in updated],
+                "reserved": [v.reserved for v in updated],
+                "versions": [v.version for v in updated],
+            },
+        )
+
+
+async def append_outbox(conn: AsyncConnection, messages: list[OutboxMessage]) -> None:
+    """Queue messages for the relay, in order, and wake it when the transaction commits."""
+    if not messages:
+        return
+    await conn.execute(
+        _INSERT_OUTBOX,
+        {
+            "topics": [m.topic for m in messages],
+            "keys": [m.key for m in messages],
+            "values": [m.value for m in messages],
+            "headers": [m.headers_json() for m in messages],
+        },
+    )
+    await conn.execute(_NOTIFY_OUTBOX)

@@ -1,0 +1,133 @@
+"""The schema, as SQLAlchemy Core tables. Migrations in migrations/ create it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+variants = Table(
+    "variants",
+    metadata,
+    Column("variant_id", Text, primary_key=True),
+    Column("product_id", Text, nullable=False),
+    Column("on_hand", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False, server_default=text("0")),
+    Column("version", BigInteger, nullable=False, server_default=text("0")),
+    #: NULL means the configured default (STOCK_LOW_STOCK_THRESHOLD).
+    Column("low_stock_threshold", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The database refuses an oversell even if every line of Python above it is wrong.
+    CheckConstraint("reserved >= 0 AND reserved <= on_hand", name="reserved_within_on_hand"),
+    CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
+    CheckConstraint("low_stock_threshold IS NULL OR low_stock_threshold >= 0", name="threshold_ok"),
+)
+Index("variants_product_id", variants.c.product_id)
+
+ORDER_PHASES = (
+    "PENDING",
+    "RESERVED",
+    "REJECTED",
+    "CONFIRMED",
+    "RELEASED",
+    "EXPIRED",
+    "RETURNED",
+    "CONFIRM_FAILED",
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", Text, primary_key=True),
+    Column("phase", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("payment", Text, nullable=True),
+    Column("cancelled", Boolean, nullable=False, server_default=text("false")),
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "phase IN (" + ", ".join(f"'{p}'" for p in ORDER_PHASES) + ")", name="phase_known"
+    ),
+    CheckConstraint("payment IS NULL OR payment IN ('SUCCEEDED', 'FAILED')", name="payment_known"),
+)
+# The sweeper's question, answered from a small partial index.
+Index(
+    "orders_reserved_expiry",
+    orders.c.expires_at,
+    postgresql_where=orders.c.phase == "RESERVED",
+)
+
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("order_id", Text, ForeignKey("orders.order_id"), nullable=False),
+    Column("variant_id", Text, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    PrimaryKeyConstraint("order_id", "variant_id"),
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("variant_id", Text, nullable=False),
+    Column("change_type", Text, nullable=False),
+    Column("delta_on_hand", BigInteger, nullable=False),
+    Column("delta_reserved", BigInteger, nullable=False),
+    Column("on_hand_after", BigInteger, nullable=False),
+    Column("reserved_after", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("reference", Text, nullable=True),
+    Column("source_event_source", Text, nullable=True),
+    Column("source_event_id", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("audit_log_variant_version", audit_log.c.variant_id, audit_log.c.version, unique=True)
+
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("source", "event_id"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("topic", Text, nullable=False),
+    Column("key", LargeBinary, nullable=True),
+    Column("value", LargeBinary, nullable=False),
+    #: [[name, base64 value], ...]: header values are bytes and may not be UTF-8.
+    Column("headers", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+)
+Index("outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
+
+#: NOTIFY channel the writer signals on commit and the relay LISTENs to.
+OUTBOX_CHANNEL = "stock_outbox"

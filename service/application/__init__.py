@@ -1,0 +1,1 @@
+"""Use cases: one transaction each, composed from the domain and the adapters."""

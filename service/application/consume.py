@@ -1,0 +1,157 @@
+"""A batch of consumed Kafka records -> one PostgreSQL transaction.
+
+In that one transaction: the ids of the events (so a redelivery changes nothing),
+the stock changes, the order states, the audit rows and the outbox rows (the
+events to publish, dead letters included). Offsets are committed by the caller
+only after it commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas import topics
+from schemas.events import OrderCheckout
+from service.adapters import stock_store
+from service.adapters.database import is_transient, retry_transient
+from service.domain.ledger import StockLedger
+from service.domain.model import EventRef
+from service.inbound import InboundEvent, KafkaRecord, Poison, decode_record
+from service.outbound import EventWriter, OutboxMessage
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    published: int = 0
+
+
+class BatchConsumer:
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.writer = EventWriter(settings)
+        self._ttl = timedelta(seconds=settings.reservation_ttl_seconds)
+
+    def decode(self, records: Sequence[KafkaRecord]) -> list[InboundEvent | Poison]:
+        expected = self.settings.consumed_topics
+        return [decode_record(record, expected.get(record.topic)) for record in records]
+
+    async def handle(self, records: Sequence[KafkaRecord]) -> BatchReport:
+        """Apply a batch. Waits out database outages; never raises for bad input."""
+        items = self.decode(records)
+        try:
+            return await self._with_retry(items)
+        except Exception as error:
+            if is_transient(error):
+                raise
+            # Something in this batch breaks a rule we did not foresee (a bug, or data
+            # the database refuses). Isolate it: apply one message at a time, and
+            # dead-letter only the ones that fail on their own.
+            log.exception("batch of %d failed; retrying its messages one by one", len(items))
+            report = BatchReport()
+            for item in items:
+                try:
+                    one = await self._with_retry([item])
+                except Exception as single_error:
+                    if is_transient(single_error):
+                        raise
+                    log.exception("message %s failed on its own; dead-lettering it", _where(item))
+                    one = await self._with_retry(
+                        [Poison(item.record, f"processing failed: {type(single_error).__name__}: "
+                                f"{single_error}")]
+                    )
+                report = _add(report, one)
+            return report
+
+    async def _with_retry(self, items: Sequence[InboundEvent | Poison]) -> BatchReport:
+        return await retry_transient(
+            lambda: self._apply(items),
+            what=f"batch of {len(items)}",
+            initial_backoff=self.settings.retry_initial_backoff_seconds,
+            max_backoff=self.settings.retry_max_backoff_seconds,
+        )
+
+    async def _apply(self, items: Sequence[InboundEvent | Poison]) -> BatchReport:
+        events: dict[EventRef, InboundEvent] = {}
+        poisons: dict[EventRef, Poison] = {}
+        for item in items:
+            if isinstance(item, Poison):
+                poisons.setdefault(item.ref, item)
+            else:
+                events.setdefault(item.ref, item)  # first occurrence in the batch wins
+        now = datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            fresh_refs = await stock_store.claim_events(conn, [*events, *poisons])
+            fresh = [event for ref, event in events.items() if ref in fresh_refs]
+            messages: list[OutboxMessage] = [
+                self.writer.dead_letter(poison)
+                for ref, poison in poisons.items()
+                if ref in fresh_refs
+            ]
+            if fresh:
+                state = stock_store.LoadedState()
+                await stock_store.lock_orders(conn, (e.data.order_id for e in fresh), state)
+                variant_ids = {v for order in state.orders.values() for v in order.lines}
+                for event in fresh:
+                    if isinstance(event.data, OrderCheckout):
+                        variant_ids.update(line.variant_id for line in event.data.lines)
+                await stock_store.lock_variants(conn, variant_ids, state)
+                ledger = StockLedger(
+                    state.variants,
+                    state.orders,
+                    default_low_stock_threshold=self.settings.low_stock_threshold,
+                )
+                for event in fresh:
+                    self._apply_event(ledger, event)
+                await stock_store.write_ledger(conn, ledger, state)
+                messages = self.writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, now) + messages
+            await stock_store.append_outbox(conn, messages)
+        dead = sum(1 for ref in poisons if ref in fresh_refs)
+        for ref, poison in poisons.items():
+            if ref in fresh_refs:
+                log.warning("dead-lettered %s: %s", _where(poison), poison.reason)
+        return BatchReport(
+            applied=len(fresh),
+            duplicates=len(items) - len(fresh) - dead,
+            dead_lettered=dead,
+            published=len(messages),
+        )
+
+    def _apply_event(self, ledger: StockLedger, event: InboundEvent) -> None:
+        data = event.data
+        if event.type == topics.ORDER_CHECKOUT:
+            expires_at = data.expires_at or (event.time + self._ttl)
+            ledger.checkout(data.order_id, data.merged_lines(), expires_at, event.ref)
+        elif event.type == topics.PAYMENT_SUCCEEDED:
+            ledger.payment_succeeded(data.order_id, event.ref)
+        elif event.type == topics.PAYMENT_FAILED:
+            ledger.payment_failed(data.order_id, event.ref)
+        elif event.type == topics.ORDER_CANCELLED:
+            ledger.cancel(data.order_id, event.ref)
+        else:  # decode_record admits only the types above
+            raise AssertionError(f"unhandled event type {event.type}")
+
+
+def _where(item: InboundEvent | Poison) -> str:
+    record = item.record
+    return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+def _add(a: BatchReport, b: BatchReport) -> BatchReport:
+    return BatchReport(
+        a.applied + b.applied,
+        a.duplicates + b.duplicates,
+        a.dead_lettered + b.dead_lettered,
+        a.published + b.published,
+    )

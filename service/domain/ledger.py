@@ -1,0 +1,317 @@
+"""The reservation state table of CONTRACT.md and the stock arithmetic under it.
+
+A `StockLedger` is loaded with the variants and orders a batch touches (locked by
+the caller), applies commands in arrival order, and records what it decided as
+effects: stock changes (audit rows and `stock.changed`), low-stock alerts and
+reservation outcomes. It does no I/O, so every rule is unit-tested on its own.
+
+Rules behind the table: cancellation wins over everything; a success wins over a
+failure; the final stock of an order does not depend on arrival order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from schemas.events import ChangeType, ReservationStatus
+from service.domain.errors import (
+    CountBelowReserved,
+    InvalidQuantity,
+    InvariantViolation,
+    UnknownVariant,
+)
+from service.domain.model import (
+    EventRef,
+    LowStockAlert,
+    Order,
+    OrderPhase,
+    PaymentOutcome,
+    ReservationOutcome,
+    Shortage,
+    StockChange,
+    Variant,
+)
+
+REASON_INSUFFICIENT_STOCK = "insufficient_stock"
+REASON_UNKNOWN_VARIANT = "unknown_variant"
+REASON_ORDER_CANCELLED = "order_cancelled"
+REASON_PAYMENT_FAILED = "payment_failed"
+REASON_HOLD_EXPIRED = "hold_expired"
+
+#: Phases in which the order's stock is held (counted in `reserved`).
+_HOLDING = frozenset({OrderPhase.RESERVED})
+#: Phases after which a late payment may take the stock again.
+_RETAKEABLE = frozenset({OrderPhase.RELEASED, OrderPhase.EXPIRED})
+
+
+class StockLedger:
+    def __init__(
+        self,
+        variants: dict[str, Variant],
+        orders: dict[str, Order],
+        *,
+        default_low_stock_threshold: int,
+    ) -> None:
+        self.variants = variants
+        self.orders = orders
+        self.default_low_stock_threshold = default_low_stock_threshold
+        self.changes: list[StockChange] = []
+        self.alerts: list[LowStockAlert] = []
+        self.outcomes: list[ReservationOutcome] = []
+        self.touched_orders: set[str] = set()
+        self.created_variants: set[str] = set()
+
+    # ------------------------------------------------------------------ orders
+
+    def order(self, order_id: str) -> Order:
+        """The order, created PENDING if this is the first we hear of it."""
+        found = self.orders.get(order_id)
+        if found is None:
+            found = self.orders[order_id] = Order(order_id)
+        self.touched_orders.add(order_id)
+        return found
+
+    def checkout(
+        self,
+        order_id: str,
+        lines: dict[str, int],
+        expires_at: datetime,
+        cause: EventRef | None = None,
+    ) -> None:
+        order = self.order(order_id)
+        if order.phase is not OrderPhase.PENDING:
+            return  # a repeated checkout (new event id, same order) changes nothing
+        order.lines = dict(lines)
+        order.expires_at = expires_at
+        if order.cancelled:
+            self._settle(order, OrderPhase.REJECTED, REASON_ORDER_CANCELLED, cause=cause)
+            return
+        if order.payment is PaymentOutcome.FAILED:
+            # Nothing is held, but a later success may still take the stock.
+            self._settle(order, OrderPhase.RELEASED, REASON_PAYMENT_FAILED, cause=cause)
+            return
+        reason, shortages = self._shortages(order.lines)
+        if shortages:
+            self._settle(order, OrderPhase.REJECTED, reason, shortages, cause)
+        else:
+            for variant_id, quantity in order.lines.items():
+                self._change(variant_id, ChangeType.RESERVE, 0, quantity, order_id, None, cause)
+            self._settle(order, OrderPhase.RESERVED, cause=cause)
+        if order.payment is PaymentOutcome.SUCCEEDED:
+            self._confirm(order, cause)
+
+    def payment_succeeded(self, order_id: str, cause: EventRef | None = None) -> None:
+        order = self.order(order_id)
+        order.payment = PaymentOutcome.SUCCEEDED
+        if order.phase is not OrderPhase.PENDING:
+            self._confirm(order, cause)
+
+    def payment_failed(self, order_id: str, cause: EventRef | None = None) -> None:
+        order = self.order(order_id)
+        if order.payment is PaymentOutcome.SUCCEEDED:
+            return  # a success wins over a failure, whichever came first
+        order.payment = PaymentOutcome.FAILED
+        if order.phase in _HOLDING:
+            self._release(order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_PAYMENT_FAILED, cause)
+
+    def cancel(self, order_id: str, cause: EventRef | None = None) -> None:
+        order = self.order(order_id)
+        if order.cancelled:
+            return
+        order.cancelled = True
+        if order.phase in _HOLDING:
+            self._release(order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_ORDER_CANCELLED, cause)
+        elif order.phase is OrderPhase.CONFIRMED:
+            for variant_id, quantity in order.lines.items():
+                self._change(variant_id, ChangeType.RETURN, quantity, 0, order_id, None, cause)
+            self._settle(order, OrderPhase.RETURNED, REASON_ORDER_CANCELLED, cause=cause)
+
+    def expire(self, order_id: str, now: datetime) -> bool:
+        """Release a hold whose time is up. True if it expired."""
+        order = self.orders.get(order_id)
+        if order is None or order.phase not in _HOLDING:
+            return False
+        if order.expires_at is None or order.expires_at > now:
+            return False
+        self.touched_orders.add(order_id)
+        self._release(order, ChangeType.EXPIRE, OrderPhase.EXPIRED, REASON_HOLD_EXPIRED, None)
+        return True
+
+    def _confirm(self, order: Order, cause: EventRef | None) -> None:
+        """Apply a payment success to an order whose checkout has arrived."""
+        if order.phase is OrderPhase.RESERVED:
+            for variant_id, quantity in order.lines.items():
+                self._change(variant_id, ChangeType.SALE, -quantity, -quantity, order.order_id, None, cause)
+            self._settle(order, OrderPhase.CONFIRMED, cause=cause)
+        elif order.phase in _RETAKEABLE and not order.cancelled:
+            reason, shortages = self._shortages(order.lines)
+            if shortages:
+                self._settle(order, OrderPhase.CONFIRM_FAILED, reason, shortages, cause)
+                return
+            for variant_id, quantity in order.lines.items():
+                self._change(variant_id, ChangeType.SALE, -quantity, 0, order.order_id, None, cause)
+            self._settle(order, OrderPhase.CONFIRMED, cause=cause)
+        elif order.phase in _RETAKEABLE:  # and cancelled: cancellation wins
+            self._settle(order, OrderPhase.CONFIRM_FAILED, REASON_ORDER_CANCELLED, cause=cause)
+        elif order.phase is OrderPhase.RETURNED:
+            # Another payment for an order whose stock went back: answer it (the payment
+            # service refunds on CONFIRM_FAILED) but keep RETURNED, the stock's truth.
+            self._publish(order, ReservationStatus.CONFIRM_FAILED, REASON_ORDER_CANCELLED, (), cause)
+        elif order.phase is OrderPhase.REJECTED:
+            # The shortages as they stand now; empty if a restock has since covered them.
+            _, shortages = self._shortages(order.lines)
+            self._settle(order, OrderPhase.CONFIRM_FAILED, order.reason, shortages, cause)
+        # CONFIRMED and CONFIRM_FAILED: nothing more to do.
+
+    def _release(
+        self,
+        order: Order,
+        change_type: ChangeType,
+        phase: OrderPhase,
+        reason: str,
+        cause: EventRef | None,
+    ) -> None:
+        for variant_id, quantity in order.lines.items():
+            self._change(variant_id, change_type, 0, -quantity, order.order_id, None, cause)
+        self._settle(order, phase, reason, cause=cause)
+
+    def _settle(
+        self,
+        order: Order,
+        phase: OrderPhase,
+        reason: str | None = None,
+        shortages: tuple[Shortage, ...] = (),
+        cause: EventRef | None = None,
+    ) -> None:
+        order.phase = phase
+        order.reason = reason
+        self._publish(order, ReservationStatus(phase.value), reason, shortages, cause)
+
+    def _publish(
+        self,
+        order: Order,
+        status: ReservationStatus,
+        reason: str | None,
+        shortages: tuple[Shortage, ...],
+        cause: EventRef | None,
+    ) -> None:
+        self.outcomes.append(
+            ReservationOutcome(
+                order_id=order.order_id,
+                status=status,
+                lines=tuple(order.lines.items()),
+                reason=reason,
+                shortages=shortages,
+                cause=cause,
+            )
+        )
+
+    def _shortages(self, lines: dict[str, int]) -> tuple[str | None, tuple[Shortage, ...]]:
+        """Every line that cannot be held now (not just the first), and the reason.
+
+        An unknown variant is reported as a shortage with nothing available, and
+        makes the reason `unknown_variant`: no restock will ever fill it.
+        """
+        shortages = []
+        unknown = False
+        for variant_id, quantity in lines.items():
+            variant = self.variants.get(variant_id)
+            if variant is None:
+                unknown = True
+                shortages.append(Shortage(variant_id, quantity, 0))
+            elif variant.available < quantity:
+                shortages.append(Shortage(variant_id, quantity, variant.available))
+        if not shortages:
+            return None, ()
+        return (REASON_UNKNOWN_VARIANT if unknown else REASON_INSUFFICIENT_STOCK), tuple(shortages)
+
+    # ------------------------------------------------------- admin operations
+
+    def restock(
+        self,
+        variant_id: str,
+        quantity: int,
+        *,
+        product_id: str | None = None,
+        reason: str | None = None,
+        reference: str | None = None,
+        cause: EventRef | None = None,
+    ) -> StockChange:
+        """Receive units; a variant seen for the first time is created at zero first."""
+        if quantity <= 0:
+            raise InvalidQuantity(f"restock quantity must be positive, got {quantity}")
+        if variant_id not in self.variants:
+            self.variants[variant_id] = Variant(variant_id, product_id or variant_id, 0, 0)
+            self.created_variants.add(variant_id)
+        return self._change(variant_id, ChangeType.RESTOCK, quantity, 0, reference, reason, cause)
+
+    def adjust(
+        self,
+        variant_id: str,
+        counted: int,
+        *,
+        reason: str,
+        reference: str | None = None,
+        cause: EventRef | None = None,
+    ) -> StockChange:
+        """Set `on_hand` to a physical count. Recorded even when the count matches."""
+        variant = self.variants.get(variant_id)
+        if variant is None:
+            raise UnknownVariant(variant_id)
+        if counted < 0:
+            raise InvalidQuantity(f"counted quantity cannot be negative, got {counted}")
+        if counted < variant.reserved:
+            raise CountBelowReserved(variant_id, counted, variant.reserved)
+        delta = counted - variant.on_hand
+        return self._change(variant_id, ChangeType.ADJUSTMENT, delta, 0, reference, reason, cause)
+
+    # --------------------------------------------------------- stock arithmetic
+
+    def _change(
+        self,
+        variant_id: str,
+        change_type: ChangeType,
+        delta_on_hand: int,
+        delta_reserved: int,
+        reference: str | None,
+        reason: str | None,
+        cause: EventRef | None,
+    ) -> StockChange:
+        variant = self.variants[variant_id]
+        available_before = variant.available
+        on_hand = variant.on_hand + delta_on_hand
+        reserved = variant.reserved + delta_reserved
+        if not 0 <= reserved <= on_hand:
+            raise InvariantViolation(
+                f"{change_type} on {variant_id!r} would leave on_hand={on_hand} reserved={reserved}"
+            )
+        variant.on_hand = on_hand
+        variant.reserved = reserved
+        variant.version += 1
+        change = StockChange(
+            variant_id=variant_id,
+            product_id=variant.product_id,
+            change_type=change_type,
+            delta_on_hand=delta_on_hand,
+            delta_reserved=delta_reserved,
+            on_hand=on_hand,
+            reserved=reserved,
+            version=variant.version,
+            reference=reference,
+            reason=reason,
+            cause=cause,
+        )
+        self.changes.append(change)
+        threshold = self.threshold_of(variant)
+        if available_before > threshold >= variant.available:
+            self.alerts.append(
+                LowStockAlert(variant_id, variant.product_id, variant.available, threshold)
+            )
+        return change
+
+    def threshold_of(self, variant: Variant) -> int:
+        if variant.low_stock_threshold is not None:
+            return variant.low_stock_threshold
+        return self.default_low_stock_threshold
+
+

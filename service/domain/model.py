@@ -1,0 +1,114 @@
+"""State the ledger works on, and the effects it produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from schemas.events import ChangeType, ReservationStatus
+
+
+class OrderPhase(StrEnum):
+    """Where an order stands. PENDING: events arrived before its checkout."""
+
+    PENDING = "PENDING"
+    RESERVED = ReservationStatus.RESERVED.value
+    REJECTED = ReservationStatus.REJECTED.value
+    CONFIRMED = ReservationStatus.CONFIRMED.value
+    RELEASED = ReservationStatus.RELEASED.value
+    EXPIRED = ReservationStatus.EXPIRED.value
+    RETURNED = ReservationStatus.RETURNED.value
+    CONFIRM_FAILED = ReservationStatus.CONFIRM_FAILED.value
+
+
+class PaymentOutcome(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRef:
+    """`(source, id)` of the event that caused a change: the audit log's cause."""
+
+    source: str
+    id: str
+
+
+@dataclass(slots=True)
+class Variant:
+    variant_id: str
+    product_id: str
+    on_hand: int
+    reserved: int
+    version: int = 0
+    low_stock_threshold: int | None = None
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+@dataclass(slots=True)
+class Order:
+    order_id: str
+    phase: OrderPhase = OrderPhase.PENDING
+    #: variant_id -> quantity; empty until the checkout arrives.
+    lines: dict[str, int] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    #: Remembered payment result; a success is never overwritten by a failure.
+    payment: PaymentOutcome | None = None
+    cancelled: bool = False
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    variant_id: str
+    requested: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class StockChange:
+    """One change of one variant: one audit row, one version, one `stock.changed`."""
+
+    variant_id: str
+    product_id: str
+    change_type: ChangeType
+    delta_on_hand: int
+    delta_reserved: int
+    on_hand: int
+    reserved: int
+    version: int
+    reference: str | None
+    reason: str | None
+    cause: EventRef | None
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class LowStockAlert:
+    variant_id: str
+    product_id: str
+    available: int
+    threshold: int
+
+    @property
+    def out_of_stock(self) -> bool:
+        return self.available <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationOutcome:
+    """A status an order moved to, published on `stock.reservation`."""
+
+    order_id: str
+    status: ReservationStatus
+    lines: tuple[tuple[str, int], ...]
+    reason: str | None = None
+    shortages: tuple[Shortage, ...] = ()
+    cause: EventRef | None = None

