@@ -45,7 +45,9 @@ def build_event(
     **extensions: str,
 ) -> dict[str, Any]:
     """A structured-mode CloudEvent as a JSON-ready dict (what goes on the wire)."""
-    payload = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
+    payload = (
+        data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
+    )
     event: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id or str(uuid.uuid4()),

@@ -9,9 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 #: Ids are opaque strings; NUL is refused because PostgreSQL text cannot hold it.
-Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
-]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 #: A billion units of one variant in one line is far past any real order; the bound
 #: keeps arithmetic inside PostgreSQL's bigint with room to spare.
 MAX_QUANTITY = 1_000_000_000

@@ -52,7 +52,9 @@ class Poison:
     @property
     def ref(self) -> EventRef:
         """Identity of the bad message itself, so a redelivery is dead-lettered once."""
-        return EventRef(f"kafka:{self.record.topic}", f"{self.record.partition}:{self.record.offset}")
+        return EventRef(
+            f"kafka:{self.record.topic}", f"{self.record.partition}:{self.record.offset}"
+        )
 
 
 def decode_record(record: KafkaRecord, expected_type: str | None) -> InboundEvent | Poison:
@@ -97,7 +99,7 @@ def _envelope(record: KafkaRecord) -> tuple[dict[str, Any], Any]:
             if not name.startswith(_BINARY_PREFIX):
                 continue
             try:
-                attributes[name[len(_BINARY_PREFIX):]] = (raw or b"").decode("utf-8")
+                attributes[name[len(_BINARY_PREFIX) :]] = (raw or b"").decode("utf-8")
             except UnicodeDecodeError:
                 raise _BadEnvelope(f"header {name!r} is not UTF-8") from None
         return attributes, _json(record.value, "value (binary-mode data)")

@@ -32,7 +32,9 @@ class OutboxMessage:
 
     def headers_json(self) -> str:
         """Header values are bytes and need not be UTF-8: stored base64-encoded."""
-        return json.dumps([[name, base64.b64encode(value).decode()] for name, value in self.headers])
+        return json.dumps(
+            [[name, base64.b64encode(value).decode()] for name, value in self.headers]
+        )
 
 
 def decode_headers(stored: Any) -> list[tuple[str, bytes]]:
@@ -47,7 +49,12 @@ class EventWriter:
         self.settings = settings
 
     def _event(
-        self, topic: str, event_type: str, key: str, data: dict[str, Any], time: datetime,
+        self,
+        topic: str,
+        event_type: str,
+        key: str,
+        data: dict[str, Any],
+        time: datetime,
         correlation_id: str | None = None,
     ) -> OutboxMessage:
         event: dict[str, Any] = {
@@ -83,7 +90,11 @@ class EventWriter:
             "version": change.version,
         }
         return self._event(
-            self.settings.topic_stock_changed, topics.STOCK_CHANGED, change.variant_id, data, time,
+            self.settings.topic_stock_changed,
+            topics.STOCK_CHANGED,
+            change.variant_id,
+            data,
+            time,
             correlation_id=change.reference,
         )
 
@@ -113,8 +124,12 @@ class EventWriter:
                 for s in outcome.shortages
             ]
         return self._event(
-            self.settings.topic_stock_reservation, topics.STOCK_RESERVATION, outcome.order_id,
-            data, time, correlation_id=outcome.order_id,
+            self.settings.topic_stock_reservation,
+            topics.STOCK_RESERVATION,
+            outcome.order_id,
+            data,
+            time,
+            correlation_id=outcome.order_id,
         )
 
     def effects(

@@ -58,13 +58,11 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
             return True
-        original = getattr(error.orig, "__cause__", None) or error.orig
-        return is_transient(original) if original is not error else False
+        original: BaseException | None = getattr(error.orig, "__cause__", None) or error.orig
+        return original is not None and original is not error and is_transient(original)
     if isinstance(error, asyncpg.PostgresError):
         sqlstate = getattr(error, "sqlstate", "") or ""
-        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(
-            _TRANSIENT_SQLSTATE_PREFIXES
-        )
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
     return isinstance(
         error,
         asyncpg.exceptions.ConnectionDoesNotExistError
@@ -95,7 +93,13 @@ async def retry_transient(
                 raise
             failures += 1
             log_fn = log.warning if failures == 1 or failures % 10 == 0 else log.debug
-            log_fn("%s failed (%s: %s); retry %d in %.1fs", what, type(error).__name__,
-                   str(error).splitlines()[0] if str(error) else "", failures, backoff)
+            log_fn(
+                "%s failed (%s: %s); retry %d in %.1fs",
+                what,
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+                failures,
+                backoff,
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)

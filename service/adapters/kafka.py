@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
@@ -35,7 +36,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
         existing = set(await admin.list_topics())
         missing = [name for name in dict.fromkeys(wanted) if name not in existing]
         if missing:
-            try:
+            # Another worker may create them first.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
                         NewTopic(
@@ -46,8 +48,6 @@ async def ensure_topics(settings: Settings) -> list[str]:
                         for name in missing
                     ]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another worker created them first
             log.info("created topics %s", ", ".join(missing))
         return missing
     finally:

@@ -13,6 +13,7 @@ a per-variant `version`), so consumers drop the repeat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -54,8 +55,14 @@ class OutboxRelay:
             except Exception as error:
                 self.is_leader = False
                 level = logging.WARNING if is_transient(error) else logging.ERROR
-                log.log(level, "outbox relay interrupted (%s: %s); retry in %.1fs",
-                        type(error).__name__, error, backoff, exc_info=level == logging.ERROR)
+                log.log(
+                    level,
+                    "outbox relay interrupted (%s: %s); retry in %.1fs",
+                    type(error).__name__,
+                    error,
+                    backoff,
+                    exc_info=level == logging.ERROR,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_backoff_seconds)
             else:
@@ -64,7 +71,8 @@ class OutboxRelay:
     async def _lead(self) -> None:
         conn = await asyncpg.connect(asyncpg_dsn(self.settings.database_url))
         try:
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+            # Polling is the point: the lock frees when the leader's session ends.
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):  # noqa: ASYNC110
                 await asyncio.sleep(self.settings.outbox_poll_interval_seconds)
             self.is_leader = True
             log.info("outbox relay: this worker is the leader")
@@ -102,10 +110,8 @@ class OutboxRelay:
         return len(rows)
 
     async def _wait_for_work(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_interval_seconds)
-        except TimeoutError:
-            pass
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

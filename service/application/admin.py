@@ -106,7 +106,9 @@ class StockAdmin:
             reserved=row.reserved,
             available=row.on_hand - row.reserved,
             version=row.version,
-            low_stock_threshold=self.settings.low_stock_threshold if threshold is None else threshold,
+            low_stock_threshold=self.settings.low_stock_threshold
+            if threshold is None
+            else threshold,
         )
 
     async def audit_trail(self, variant_id: str, limit: int = 20) -> list[dict[str, Any]]:

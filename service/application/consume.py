@@ -68,8 +68,12 @@ class BatchConsumer:
                         raise
                     log.exception("message %s failed on its own; dead-lettering it", _where(item))
                     one = await self._with_retry(
-                        [Poison(item.record, f"processing failed: {type(single_error).__name__}: "
-                                f"{single_error}")]
+                        [
+                            Poison(
+                                item.record,
+                                f"processing failed: {type(single_error).__name__}: {single_error}",
+                            )
+                        ]
                     )
                 report = _add(report, one)
             return report
@@ -115,7 +119,10 @@ class BatchConsumer:
                 for event in fresh:
                     self._apply_event(ledger, event)
                 await stock_store.write_ledger(conn, ledger, state)
-                messages = self.writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, now) + messages
+                messages = (
+                    self.writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, now)
+                    + messages
+                )
             await stock_store.append_outbox(conn, messages)
         dead = sum(1 for ref in poisons if ref in fresh_refs)
         for ref, poison in poisons.items():

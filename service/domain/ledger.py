@@ -112,7 +112,9 @@ class StockLedger:
             return  # a success wins over a failure, whichever came first
         order.payment = PaymentOutcome.FAILED
         if order.phase in _HOLDING:
-            self._release(order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_PAYMENT_FAILED, cause)
+            self._release(
+                order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_PAYMENT_FAILED, cause
+            )
 
     def cancel(self, order_id: str, cause: EventRef | None = None) -> None:
         order = self.order(order_id)
@@ -120,7 +122,9 @@ class StockLedger:
             return
         order.cancelled = True
         if order.phase in _HOLDING:
-            self._release(order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_ORDER_CANCELLED, cause)
+            self._release(
+                order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_ORDER_CANCELLED, cause
+            )
         elif order.phase is OrderPhase.CONFIRMED:
             for variant_id, quantity in order.lines.items():
                 self._change(variant_id, ChangeType.RETURN, quantity, 0, order_id, None, cause)
@@ -141,7 +145,9 @@ class StockLedger:
         """Apply a payment success to an order whose checkout has arrived."""
         if order.phase is OrderPhase.RESERVED:
             for variant_id, quantity in order.lines.items():
-                self._change(variant_id, ChangeType.SALE, -quantity, -quantity, order.order_id, None, cause)
+                self._change(
+                    variant_id, ChangeType.SALE, -quantity, -quantity, order.order_id, None, cause
+                )
             self._settle(order, OrderPhase.CONFIRMED, cause=cause)
         elif order.phase in _RETAKEABLE and not order.cancelled:
             reason, shortages = self._shortages(order.lines)
@@ -156,7 +162,9 @@ class StockLedger:
         elif order.phase is OrderPhase.RETURNED:
             # Another payment for an order whose stock went back: answer it (the payment
             # service refunds on CONFIRM_FAILED) but keep RETURNED, the stock's truth.
-            self._publish(order, ReservationStatus.CONFIRM_FAILED, REASON_ORDER_CANCELLED, (), cause)
+            self._publish(
+                order, ReservationStatus.CONFIRM_FAILED, REASON_ORDER_CANCELLED, (), cause
+            )
         elif order.phase is OrderPhase.REJECTED:
             # The shortages as they stand now; empty if a restock has since covered them.
             _, shortages = self._shortages(order.lines)
@@ -313,5 +321,3 @@ class StockLedger:
         if variant.low_stock_threshold is not None:
             return variant.low_stock_threshold
         return self.default_low_stock_threshold
-
-

@@ -50,16 +50,26 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev", help="embedded PostgreSQL + tansu broker + sample catalogue, then run"
     )
-    dev.add_argument("--data-dir", type=Path, default=Path(".stock-dev"),
-                     help="where the embedded PostgreSQL keeps its data (default .stock-dev)")
-    dev.add_argument("--kafka-port", type=int, default=int(os.environ.get("STOCK_DEV_KAFKA_PORT", "9092")),
-                     help="broker port (default 9092, or a free one if taken)")
+    dev.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".stock-dev"),
+        help="where the embedded PostgreSQL keeps its data (default .stock-dev)",
+    )
+    dev.add_argument(
+        "--kafka-port",
+        type=int,
+        default=int(os.environ.get("STOCK_DEV_KAFKA_PORT", "9092")),
+        help="broker port (default 9092, or a free one if taken)",
+    )
     dev.set_defaults(handler=_dev)
 
     restock = commands.add_parser("restock", help="add received units (creates the variant)")
     restock.add_argument("variant")
     restock.add_argument("quantity", type=int)
-    restock.add_argument("--product", help="product id (for a new variant; default: the variant id)")
+    restock.add_argument(
+        "--product", help="product id (for a new variant; default: the variant id)"
+    )
     restock.add_argument("--reason", default=None)
     restock.set_defaults(handler=_restock)
 
@@ -118,9 +128,12 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
                     "stock dev: everything is up",
                     f"  PostgreSQL  STOCK_DATABASE_URL='{database_url}'",
                     f"  Kafka       STOCK_KAFKA_BOOTSTRAP_SERVERS={bootstrap}  (tansu, in memory)",
-                    f"  catalogue   {added} sample variants added (`stock show tshirt-classic-black-m`)",
+                    f"  catalogue   {added} sample variants added this time",
                     f"  consumes    {', '.join(settings.consumed_topics)}",
                     f"  publishes   {', '.join(settings.published_topics)}",
+                    "  From another shell:",
+                    f"    export STOCK_DATABASE_URL='{database_url}'",
+                    "    .venv/bin/stock show tshirt-classic-black-m",
                     "  Ctrl-C stops the worker, the broker and the database.",
                     "",
                 ]
@@ -143,7 +156,10 @@ async def _load_catalogue(settings: Settings) -> int:
 def _restock(args: argparse.Namespace, settings: Settings) -> int:
     async def go(admin: Any) -> Any:
         return await admin.restock(
-            args.variant, args.quantity, product_id=args.product, reason=args.reason,
+            args.variant,
+            args.quantity,
+            product_id=args.product,
+            reason=args.reason,
             reference="cli",
         )
 
@@ -195,7 +211,8 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     )
     for row in trail:
         print(
-            f"  v{row['version']:<5} {row['created_at']:%Y-%m-%d %H:%M:%S} {row['change_type']:<10} "
+            f"  v{row['version']:<5} {row['created_at']:%Y-%m-%d %H:%M:%S} "
+            f"{row['change_type']:<10} "
             f"on_hand {row['delta_on_hand']:+d} reserved {row['delta_reserved']:+d} "
             f"ref={row['reference'] or '-'} reason={row['reason'] or '-'}"
         )
