@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from service.adapters.database import create_engine
@@ -14,6 +15,9 @@ from service.settings import Settings
 config = context.config
 target_metadata = metadata
 
+#: Several workers may start (and migrate) at once: one migrates, the others wait.
+MIGRATION_LOCK_KEY = 0x73746F636B6D6967
+
 
 def _url() -> str:
     return config.attributes.get("database_url") or Settings().database_url
@@ -22,6 +26,7 @@ def _url() -> str:
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
     with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

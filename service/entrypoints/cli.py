@@ -84,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     show.add_argument("--limit", type=int, default=10, help="audit rows to show")
     show.set_defaults(handler=_show)
+
+    publish = commands.add_parser(
+        "publish", help="publish a consumed event by hand (its CloudEvent envelope is added)"
+    )
+    publish.add_argument("type", help="order.checkout, payment.succeeded, payment.failed, ...")
+    publish.add_argument("data", help="the event's `data` as JSON")
+    publish.add_argument("--source", default="stock-cli")
+    publish.add_argument("--id", dest="event_id", help="event id (default: a new UUID)")
+    publish.set_defaults(handler=_publish)
+
+    tail = commands.add_parser("tail", help="print the messages of topics from the beginning")
+    tail.add_argument("topics", nargs="*", help="default: every topic this worker publishes")
+    tail.add_argument("--seconds", type=float, help="stop after this long (default: never)")
+    tail.set_defaults(handler=_tail)
     return parser
 
 
@@ -216,6 +230,30 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
             f"on_hand {row['delta_on_hand']:+d} reserved {row['delta_reserved']:+d} "
             f"ref={row['reference'] or '-'} reason={row['reason'] or '-'}"
         )
+    return 0
+
+
+def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    from service.devstack.console import publish_event
+
+    try:
+        data = json.loads(args.data)
+        event = asyncio.run(
+            publish_event(settings, args.type, data, source=args.source, event_id=args.event_id)
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(event))
+    return 0
+
+
+def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    from service.devstack.console import tail_topics
+
+    asyncio.run(
+        tail_topics(settings, args.topics or settings.published_topics, seconds=args.seconds)
+    )
     return 0
 
 
