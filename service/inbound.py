@@ -113,7 +113,9 @@ def _json(raw: bytes | None, what: str) -> Any:
     if raw is None:
         raise _BadEnvelope(f"{what} is empty (a tombstone?)")
     try:
-        return json.loads(raw)
+        # Decoded explicitly: json.loads(bytes) would also guess UTF-16 and UTF-32,
+        # and JSON exchanged between systems is UTF-8 (RFC 8259).
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise _BadEnvelope(f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as error:
