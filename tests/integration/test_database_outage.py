@@ -46,7 +46,9 @@ async def test_batch_waits_out_an_outage_then_applies_exactly_once(engine, setti
 
     async with engine.connect() as conn:
         on_hand, reserved = (
-            await conn.execute(text("SELECT on_hand, reserved FROM variants WHERE variant_id='hot'"))
+            await conn.execute(
+                text("SELECT on_hand, reserved FROM variants WHERE variant_id = 'hot'")
+            )
         ).one()
         phases = dict((await conn.execute(text("SELECT order_id, phase FROM orders"))).all())
     assert (on_hand, reserved) == (3, 1)

@@ -21,7 +21,7 @@ async def test_check_constraint_refuses_an_oversell_even_without_the_worker(engi
     with pytest.raises(DBAPIError, match="reserved_within_on_hand"):
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE variants SET reserved = 4 WHERE variant_id = 'v'"))
-    with pytest.raises(DBAPIError, match="on_hand_not_negative|reserved_within_on_hand"):
+    with pytest.raises(DBAPIError, match=r"on_hand_not_negative|reserved_within_on_hand"):
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE variants SET on_hand = -1 WHERE variant_id = 'v'"))
 
