@@ -50,16 +50,18 @@ class Poison:
     reason: str
 
     @property
-    def ref(self) -> EventRef:
-        """Identity of the bad message itself, so a redelivery is dead-lettered once."""
-        return EventRef(
-            f"kafka:{self.record.topic}", f"{self.record.partition}:{self.record.offset}"
-        )
+    def position(self) -> tuple[str, int, int]:
+        """Where the bad message sits in Kafka: its identity, so a redelivery is
+        dead-lettered once. Kept apart from event ids, which any producer chooses."""
+        return (self.record.topic, self.record.partition, self.record.offset)
 
 
 def decode_record(record: KafkaRecord, expected_type: str | None) -> InboundEvent | Poison:
     try:
         attributes, data = _envelope(record)
+        if "specversion" not in attributes:
+            # Required by CloudEvents 1.0; the model's default is for building events.
+            raise _BadEnvelope("not a CloudEvent: specversion is missing")
         event = CloudEvent.model_validate(attributes)
     except _BadEnvelope as bad:
         return Poison(record, str(bad))

@@ -106,6 +106,18 @@ UPGRADE = [
             PRIMARY KEY (source, event_id)
     )
     """,
+    # One row per dead-lettered Kafka record: claims it (a redelivery is dead-lettered
+    # once) and lets an operator query the DLQ's history with SQL.
+    """
+    CREATE TABLE dead_letters (
+        topic text NOT NULL,
+        partition integer NOT NULL,
+        "offset" bigint NOT NULL,
+        reason text NOT NULL,
+        dead_lettered_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (topic, partition, "offset")
+    )
+    """,
     """
     CREATE TABLE outbox (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -125,6 +137,9 @@ UPGRADE = [
 DOWNGRADE = [
     """
     DROP TABLE outbox
+    """,
+    """
+    DROP TABLE dead_letters
     """,
     """
     DROP TABLE processed_events

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.adapters.tables import OUTBOX_CHANNEL
 from service.domain.ledger import StockLedger
 from service.domain.model import EventRef, Order, OrderPhase, PaymentOutcome, Variant
+from service.inbound import Poison
 from service.outbound import OutboxMessage
 
 _CLAIM_EVENTS = text(
@@ -26,6 +27,18 @@ _CLAIM_EVENTS = text(
     SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]))
     ON CONFLICT DO NOTHING
     RETURNING source, event_id
+    """
+)
+
+_CLAIM_DEAD_LETTERS = text(
+    """
+    INSERT INTO dead_letters (topic, partition, "offset", reason)
+    SELECT * FROM unnest(
+        CAST(:topics AS text[]), CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]),
+        CAST(:reasons AS text[])
+    )
+    ON CONFLICT DO NOTHING
+    RETURNING topic, partition, "offset"
     """
 )
 
@@ -156,6 +169,24 @@ async def claim_events(conn: AsyncConnection, refs: Collection[EventRef]) -> set
         {"sources": [r.source for r in refs], "ids": [r.id for r in refs]},
     )
     return {EventRef(source, event_id) for source, event_id in result}
+
+
+async def claim_dead_letters(
+    conn: AsyncConnection, poisons: Collection[Poison]
+) -> set[tuple[str, int, int]]:
+    """Record bad records by Kafka position; returns those not dead-lettered before."""
+    if not poisons:
+        return set()
+    result = await conn.execute(
+        _CLAIM_DEAD_LETTERS,
+        {
+            "topics": [p.record.topic for p in poisons],
+            "partitions": [p.record.partition for p in poisons],
+            "offsets": [p.record.offset for p in poisons],
+            "reasons": [p.reason for p in poisons],
+        },
+    )
+    return {(topic, partition, offset) for topic, partition, offset in result}
 
 
 @dataclass

@@ -115,6 +115,17 @@ processed_events = Table(
     PrimaryKeyConstraint("source", "event_id"),
 )
 
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("topic", "partition", "offset"),
+)
+
 outbox = Table(
     "outbox",
     metadata,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas import topics
 from schemas.events import OrderCheckout
@@ -88,52 +88,52 @@ class BatchConsumer:
 
     async def _apply(self, items: Sequence[InboundEvent | Poison]) -> BatchReport:
         events: dict[EventRef, InboundEvent] = {}
-        poisons: dict[EventRef, Poison] = {}
+        poisons: dict[tuple[str, int, int], Poison] = {}
         for item in items:
             if isinstance(item, Poison):
-                poisons.setdefault(item.ref, item)
+                poisons.setdefault(item.position, item)
             else:
                 events.setdefault(item.ref, item)  # first occurrence in the batch wins
         now = datetime.now(UTC)
         async with self.engine.begin() as conn:
-            fresh_refs = await stock_store.claim_events(conn, [*events, *poisons])
+            fresh_refs = await stock_store.claim_events(conn, list(events))
             fresh = [event for ref, event in events.items() if ref in fresh_refs]
-            messages: list[OutboxMessage] = [
-                self.writer.dead_letter(poison)
-                for ref, poison in poisons.items()
-                if ref in fresh_refs
-            ]
+            new_dead = await stock_store.claim_dead_letters(conn, list(poisons.values()))
+            dead = [poison for position, poison in poisons.items() if position in new_dead]
+            messages: list[OutboxMessage] = []
             if fresh:
-                state = stock_store.LoadedState()
-                await stock_store.lock_orders(conn, (e.data.order_id for e in fresh), state)
-                variant_ids = {v for order in state.orders.values() for v in order.lines}
-                for event in fresh:
-                    if isinstance(event.data, OrderCheckout):
-                        variant_ids.update(line.variant_id for line in event.data.lines)
-                await stock_store.lock_variants(conn, variant_ids, state)
-                ledger = StockLedger(
-                    state.variants,
-                    state.orders,
-                    default_low_stock_threshold=self.settings.low_stock_threshold,
-                )
-                for event in fresh:
-                    self._apply_event(ledger, event)
-                await stock_store.write_ledger(conn, ledger, state)
-                messages = (
-                    self.writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, now)
-                    + messages
-                )
+                messages = await self._decide(conn, fresh, now)
+            messages.extend(self.writer.dead_letter(poison) for poison in dead)
             await stock_store.append_outbox(conn, messages)
-        dead = sum(1 for ref in poisons if ref in fresh_refs)
-        for ref, poison in poisons.items():
-            if ref in fresh_refs:
-                log.warning("dead-lettered %s: %s", _where(poison), poison.reason)
+        for poison in dead:
+            log.warning("dead-lettered %s: %s", _where(poison), poison.reason)
         return BatchReport(
             applied=len(fresh),
-            duplicates=len(items) - len(fresh) - dead,
-            dead_lettered=dead,
+            duplicates=len(items) - len(fresh) - len(dead),
+            dead_lettered=len(dead),
             published=len(messages),
         )
+
+    async def _decide(
+        self, conn: AsyncConnection, fresh: list[InboundEvent], now: datetime
+    ) -> list[OutboxMessage]:
+        """Lock what the events touch (orders, then variants), apply them, write back."""
+        state = stock_store.LoadedState()
+        await stock_store.lock_orders(conn, (e.data.order_id for e in fresh), state)
+        variant_ids = {v for order in state.orders.values() for v in order.lines}
+        for event in fresh:
+            if isinstance(event.data, OrderCheckout):
+                variant_ids.update(line.variant_id for line in event.data.lines)
+        await stock_store.lock_variants(conn, variant_ids, state)
+        ledger = StockLedger(
+            state.variants,
+            state.orders,
+            default_low_stock_threshold=self.settings.low_stock_threshold,
+        )
+        for event in fresh:
+            self._apply_event(ledger, event)
+        await stock_store.write_ledger(conn, ledger, state)
+        return self.writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, now)
 
     def _apply_event(self, ledger: StockLedger, event: InboundEvent) -> None:
         data = event.data

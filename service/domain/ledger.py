@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from schemas.events import ChangeType, ReservationStatus
+from schemas.events import MAX_QUANTITY, ChangeType, ReservationStatus
 from service.domain.errors import (
     CountBelowReserved,
     InvalidQuantity,
@@ -246,8 +246,10 @@ class StockLedger:
         cause: EventRef | None = None,
     ) -> StockChange:
         """Receive units; a variant seen for the first time is created at zero first."""
-        if quantity <= 0:
-            raise InvalidQuantity(f"restock quantity must be positive, got {quantity}")
+        if not 0 < quantity <= MAX_QUANTITY:
+            raise InvalidQuantity(
+                f"restock quantity must be between 1 and {MAX_QUANTITY}, got {quantity}"
+            )
         if variant_id not in self.variants:
             self.variants[variant_id] = Variant(variant_id, product_id or variant_id, 0, 0)
             self.created_variants.add(variant_id)
@@ -266,8 +268,10 @@ class StockLedger:
         variant = self.variants.get(variant_id)
         if variant is None:
             raise UnknownVariant(variant_id)
-        if counted < 0:
-            raise InvalidQuantity(f"counted quantity cannot be negative, got {counted}")
+        if not 0 <= counted <= MAX_QUANTITY:
+            raise InvalidQuantity(
+                f"counted quantity must be between 0 and {MAX_QUANTITY}, got {counted}"
+            )
         if counted < variant.reserved:
             raise CountBelowReserved(variant_id, counted, variant.reserved)
         delta = counted - variant.on_hand
