@@ -12,7 +12,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
 from schemas import topics
 from service.adapters.database import asyncpg_dsn
