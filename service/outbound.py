@@ -27,19 +27,23 @@ _MAX_DLQ_REASON = 1000
 class OutboxMessage:
     topic: str
     key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...]
+    #: None only for a dead-lettered tombstone, which keeps its null value.
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
 
     def headers_json(self) -> str:
-        """Header values are bytes and need not be UTF-8: stored base64-encoded."""
+        """Header values are bytes and need not be UTF-8: stored base64-encoded (or null)."""
         return json.dumps(
-            [[name, base64.b64encode(value).decode()] for name, value in self.headers]
+            [
+                [name, None if value is None else base64.b64encode(value).decode()]
+                for name, value in self.headers
+            ]
         )
 
 
-def decode_headers(stored: Any) -> list[tuple[str, bytes]]:
+def decode_headers(stored: Any) -> list[tuple[str, bytes | None]]:
     items = json.loads(stored) if isinstance(stored, str) else stored
-    return [(name, base64.b64decode(value)) for name, value in items]
+    return [(name, None if value is None else base64.b64decode(value)) for name, value in items]
 
 
 class EventWriter:
@@ -147,11 +151,11 @@ class EventWriter:
     def dead_letter(self, poison: Poison) -> OutboxMessage:
         """The original bytes and headers, plus where they came from and why they failed."""
         record = poison.record
-        headers = tuple((name, value or b"") for name, value in (record.headers or ()))
+        headers = tuple((name, value) for name, value in (record.headers or ()))
         return OutboxMessage(
             topic=self.settings.topic_dlq,
             key=record.key,
-            value=record.value or b"",
+            value=record.value,
             headers=(
                 *headers,
                 ("reason", poison.reason[:_MAX_DLQ_REASON].encode()),

@@ -123,7 +123,7 @@ UPGRADE = [
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             topic text NOT NULL,
             key bytea,
-            value bytea NOT NULL,
+            value bytea,
             headers jsonb NOT NULL DEFAULT '[]'::jsonb,
             created_at timestamptz NOT NULL DEFAULT now(),
             published_at timestamptz

@@ -132,7 +132,8 @@ outbox = Table(
     Column("id", BigInteger, Identity(always=True), primary_key=True),
     Column("topic", Text, nullable=False),
     Column("key", LargeBinary, nullable=True),
-    Column("value", LargeBinary, nullable=False),
+    #: NULL only for a dead-lettered tombstone (a record whose value was null).
+    Column("value", LargeBinary, nullable=True),
     #: [[name, base64 value], ...]: header values are bytes and may not be UTF-8.
     Column("headers", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
