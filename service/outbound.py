@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from schemas import topics
+from schemas.envelope import EventType
 from service.domain.model import LowStockAlert, ReservationOutcome, StockChange
 from service.inbound import Poison
 from service.settings import Settings
@@ -95,7 +95,7 @@ class EventWriter:
         }
         return self._event(
             self.settings.topic_stock_changed,
-            topics.STOCK_CHANGED,
+            EventType.STOCK_CHANGED,
             change.variant_id,
             data,
             time,
@@ -111,7 +111,7 @@ class EventWriter:
             "out_of_stock": alert.out_of_stock,
         }
         return self._event(
-            self.settings.topic_stock_low, topics.STOCK_LOW, alert.variant_id, data, time
+            self.settings.topic_stock_low, EventType.STOCK_LOW, alert.variant_id, data, time
         )
 
     def reservation(self, outcome: ReservationOutcome, time: datetime) -> OutboxMessage:
@@ -129,7 +129,7 @@ class EventWriter:
             ]
         return self._event(
             self.settings.topic_stock_reservation,
-            topics.STOCK_RESERVATION,
+            EventType.STOCK_RESERVATION,
             outcome.order_id,
             data,
             time,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas import topics
+from schemas.envelope import EventType
 
 
 class Settings(BaseSettings):
@@ -27,14 +25,14 @@ class Settings(BaseSettings):
     kafka_topic_replication_factor: int = Field(default=1, ge=1)
     kafka_create_topics: bool = True
 
-    topic_order_checkout: str = topics.ORDER_CHECKOUT
-    topic_payment_succeeded: str = topics.PAYMENT_SUCCEEDED
-    topic_payment_failed: str = topics.PAYMENT_FAILED
-    topic_order_cancelled: str = topics.ORDER_CANCELLED
-    topic_stock_changed: str = topics.STOCK_CHANGED
-    topic_stock_low: str = topics.STOCK_LOW
-    topic_stock_reservation: str = topics.STOCK_RESERVATION
-    topic_dlq: str = topics.STOCK_DLQ
+    topic_order_checkout: str = EventType.ORDER_CHECKOUT
+    topic_payment_succeeded: str = EventType.PAYMENT_SUCCEEDED
+    topic_payment_failed: str = EventType.PAYMENT_FAILED
+    topic_order_cancelled: str = EventType.ORDER_CANCELLED
+    topic_stock_changed: str = EventType.STOCK_CHANGED
+    topic_stock_low: str = EventType.STOCK_LOW
+    topic_stock_reservation: str = EventType.STOCK_RESERVATION
+    topic_dlq: str = "stock.dlq"
 
     #: `source` of every event this service publishes.
     event_source: str = "stock-service"
@@ -59,14 +57,14 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @cached_property
+    @property
     def consumed_topics(self) -> dict[str, str]:
         """Topic name -> the event type expected on it."""
         return {
-            self.topic_order_checkout: topics.ORDER_CHECKOUT,
-            self.topic_payment_succeeded: topics.PAYMENT_SUCCEEDED,
-            self.topic_payment_failed: topics.PAYMENT_FAILED,
-            self.topic_order_cancelled: topics.ORDER_CANCELLED,
+            self.topic_order_checkout: EventType.ORDER_CHECKOUT,
+            self.topic_payment_succeeded: EventType.PAYMENT_SUCCEEDED,
+            self.topic_payment_failed: EventType.PAYMENT_FAILED,
+            self.topic_order_cancelled: EventType.ORDER_CANCELLED,
         }
 
     @property

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from schemas import topics
+from schemas.envelope import EventType
 from schemas.events import OrderCheckout
 from service.adapters import stock_store
 from service.adapters.database import is_transient, retry_transient
@@ -137,14 +137,14 @@ class BatchConsumer:
 
     def _apply_event(self, ledger: StockLedger, event: InboundEvent) -> None:
         data = event.data
-        if event.type == topics.ORDER_CHECKOUT:
+        if event.type == EventType.ORDER_CHECKOUT:
             expires_at = data.expires_at or (event.time + self._ttl)
             ledger.checkout(data.order_id, data.merged_lines(), expires_at, event.ref)
-        elif event.type == topics.PAYMENT_SUCCEEDED:
+        elif event.type == EventType.PAYMENT_SUCCEEDED:
             ledger.payment_succeeded(data.order_id, event.ref)
-        elif event.type == topics.PAYMENT_FAILED:
+        elif event.type == EventType.PAYMENT_FAILED:
             ledger.payment_failed(data.order_id, event.ref)
-        elif event.type == topics.ORDER_CANCELLED:
+        elif event.type == EventType.ORDER_CANCELLED:
             ledger.cancel(data.order_id, event.ref)
         else:  # decode_record admits only the types above
             raise AssertionError(f"unhandled event type {event.type}")

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from schemas import topics
+from schemas.envelope import EventType
 from service.adapters.database import asyncpg_dsn
 from service.adapters.migrate import head_revision
 from service.application.admin import StockAdmin
@@ -197,7 +197,7 @@ async def test_cli_restock_adjust_show_end_to_end(engine, settings, database_url
 
     # What the CLI did went through the same ledger and outbox as everything else
     # (on the default topic names: the CLI was given only the database).
-    published = await Scenario(engine, settings).outbox(topics.STOCK_CHANGED)
+    published = await Scenario(engine, settings).outbox(EventType.STOCK_CHANGED)
     assert [(p.key, p.data["change_type"], p.data["version"]) for p in published] == [
         (b"v9", "RESTOCK", 1), (b"v9", "ADJUSTMENT", 2)
     ]
