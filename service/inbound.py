@@ -50,10 +50,12 @@ class Poison:
     reason: str
 
     @property
-    def position(self) -> tuple[str, int, int]:
-        """Where the bad message sits in Kafka: its identity, so a redelivery is
-        dead-lettered once. Kept apart from event ids, which any producer chooses."""
-        return (self.record.topic, self.record.partition, self.record.offset)
+    def position(self) -> tuple[str, int, int, int]:
+        """Where and when the bad message sits in Kafka: its identity, so a redelivery
+        is dead-lettered once. Kept apart from event ids, which any producer chooses;
+        the timestamp tells a new record apart when a recreated topic reuses offsets."""
+        record = self.record
+        return (record.topic, record.partition, record.offset, record.timestamp)
 
 
 def decode_record(record: KafkaRecord, expected_type: str | None) -> InboundEvent | Poison:

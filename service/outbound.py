@@ -32,18 +32,30 @@ class OutboxMessage:
     headers: tuple[tuple[str, bytes | None], ...]
 
     def headers_json(self) -> str:
-        """Header values are bytes and need not be UTF-8: stored base64-encoded (or null)."""
+        """Headers as JSON. Names and values are bytes to Kafka and may hold anything
+        (NUL included, which jsonb refuses), so both are stored base64-encoded."""
         return json.dumps(
             [
-                [name, None if value is None else base64.b64encode(value).decode()]
+                [_b64(name.encode("utf-8", "surrogateescape")), _b64(value)]
                 for name, value in self.headers
             ]
         )
 
 
+def _b64(raw: bytes | None) -> str | None:
+    return None if raw is None else base64.b64encode(raw).decode()
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
 def decode_headers(stored: Any) -> list[tuple[str, bytes | None]]:
     items = json.loads(stored) if isinstance(stored, str) else stored
-    return [(name, None if value is None else base64.b64decode(value)) for name, value in items]
+    return [
+        ((_unb64(name) or b"").decode("utf-8", "surrogateescape"), _unb64(value))
+        for name, value in items
+    ]
 
 
 class EventWriter:
@@ -152,10 +164,16 @@ class EventWriter:
         """The original bytes and headers, plus where they came from and why they failed."""
         record = poison.record
         headers = tuple((name, value) for name, value in (record.headers or ()))
+        value = record.value
+        limit = self.settings.dlq_max_value_bytes
+        if value is not None and len(value) > limit:
+            # Kafka would refuse the copy for good; keep the head and say so.
+            headers = (*headers, ("truncated-from", str(len(value)).encode()))
+            value = value[:limit]
         return OutboxMessage(
             topic=self.settings.topic_dlq,
             key=record.key,
-            value=record.value,
+            value=value,
             headers=(
                 *headers,
                 ("reason", poison.reason[:_MAX_DLQ_REASON].encode()),

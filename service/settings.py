@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     #: How long a batch waits to fill before it is handled anyway.
     batch_linger_ms: int = Field(default=20, ge=0)
 
+    #: A dead-lettered value above this is cut to it (header `truncated-from` says the
+    #: original size), so the copy fits Kafka's default 1 MB message limit.
+    dlq_max_value_bytes: int = Field(default=900_000, ge=1)
+
     outbox_batch_size: int = Field(default=1000, ge=1)
     #: Fallback poll; the relay is woken by LISTEN/NOTIFY as soon as a batch commits.
     outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
@@ -54,6 +58,9 @@ class Settings(BaseSettings):
     #: Backoff while the database is unreachable: doubles up to the maximum.
     retry_initial_backoff_seconds: float = Field(default=0.1, gt=0)
     retry_max_backoff_seconds: float = Field(default=5.0, gt=0)
+
+    #: On stop, how long the batch in hand may take to commit before it is abandoned.
+    shutdown_grace_seconds: float = Field(default=15.0, gt=0)
 
     log_level: str = "INFO"
 

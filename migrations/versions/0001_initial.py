@@ -17,17 +17,17 @@ depends_on = None
 UPGRADE = [
     """
     CREATE TABLE variants (
-            variant_id text PRIMARY KEY,
-            product_id text NOT NULL,
-            on_hand bigint NOT NULL,
-            reserved bigint NOT NULL DEFAULT 0,
-            version bigint NOT NULL DEFAULT 0,
-            low_stock_threshold integer,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            CONSTRAINT reserved_within_on_hand CHECK (reserved >= 0 AND reserved <= on_hand),
-            CONSTRAINT on_hand_not_negative CHECK (on_hand >= 0),
-            CONSTRAINT threshold_ok CHECK (low_stock_threshold IS NULL OR low_stock_threshold >= 0)
+        variant_id text PRIMARY KEY,
+        product_id text NOT NULL,
+        on_hand bigint NOT NULL,
+        reserved bigint NOT NULL DEFAULT 0,
+        version bigint NOT NULL DEFAULT 0,
+        low_stock_threshold integer,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        CONSTRAINT reserved_within_on_hand CHECK (reserved >= 0 AND reserved <= on_hand),
+        CONSTRAINT on_hand_not_negative CHECK (on_hand >= 0),
+        CONSTRAINT threshold_ok CHECK (low_stock_threshold IS NULL OR low_stock_threshold >= 0)
     )
     """,
     """
@@ -35,17 +35,17 @@ UPGRADE = [
     """,
     """
     CREATE TABLE orders (
-            order_id text PRIMARY KEY,
-            phase text NOT NULL,
-            expires_at timestamptz,
-            payment text,
-            cancelled boolean NOT NULL DEFAULT false,
-            reason text,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            CONSTRAINT phase_known CHECK (phase IN ('PENDING', 'RESERVED', 'REJECTED',
+        order_id text PRIMARY KEY,
+        phase text NOT NULL,
+        expires_at timestamptz,
+        payment text,
+        cancelled boolean NOT NULL DEFAULT false,
+        reason text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        CONSTRAINT phase_known CHECK (phase IN ('PENDING', 'RESERVED', 'REJECTED',
                 'CONFIRMED', 'RELEASED', 'EXPIRED', 'RETURNED', 'CONFIRM_FAILED')),
-            CONSTRAINT payment_known CHECK (payment IS NULL OR payment IN ('SUCCEEDED', 'FAILED'))
+        CONSTRAINT payment_known CHECK (payment IS NULL OR payment IN ('SUCCEEDED', 'FAILED'))
     )
     """,
     """
@@ -53,28 +53,28 @@ UPGRADE = [
     """,
     """
     CREATE TABLE order_lines (
-            order_id text NOT NULL REFERENCES orders (order_id),
-            variant_id text NOT NULL,
-            quantity bigint NOT NULL,
-            PRIMARY KEY (order_id, variant_id),
-            CONSTRAINT quantity_positive CHECK (quantity > 0)
+        order_id text NOT NULL REFERENCES orders (order_id),
+        variant_id text NOT NULL,
+        quantity bigint NOT NULL,
+        PRIMARY KEY (order_id, variant_id),
+        CONSTRAINT quantity_positive CHECK (quantity > 0)
     )
     """,
     """
     CREATE TABLE audit_log (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            variant_id text NOT NULL,
-            change_type text NOT NULL,
-            delta_on_hand bigint NOT NULL,
-            delta_reserved bigint NOT NULL,
-            on_hand_after bigint NOT NULL,
-            reserved_after bigint NOT NULL,
-            version bigint NOT NULL,
-            reason text,
-            reference text,
-            source_event_source text,
-            source_event_id text,
-            created_at timestamptz NOT NULL DEFAULT now()
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        variant_id text NOT NULL,
+        change_type text NOT NULL,
+        delta_on_hand bigint NOT NULL,
+        delta_reserved bigint NOT NULL,
+        on_hand_after bigint NOT NULL,
+        reserved_after bigint NOT NULL,
+        version bigint NOT NULL,
+        reason text,
+        reference text,
+        source_event_source text,
+        source_event_id text,
+        created_at timestamptz NOT NULL DEFAULT now()
     )
     """,
     """
@@ -85,7 +85,7 @@ UPGRADE = [
     CREATE FUNCTION audit_log_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION 'audit_log is append-only (% refused)', TG_OP
-            USING ERRCODE = 'insufficient_privilege';
+        USING ERRCODE = 'insufficient_privilege';
     END $$
     """,
     """
@@ -100,33 +100,36 @@ UPGRADE = [
     """,
     """
     CREATE TABLE processed_events (
-            source text NOT NULL,
-            event_id text NOT NULL,
-            processed_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (source, event_id)
+        source text NOT NULL,
+        event_id text NOT NULL,
+        processed_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (source, event_id)
     )
     """,
     # One row per dead-lettered Kafka record: claims it (a redelivery is dead-lettered
-    # once) and lets an operator query the DLQ's history with SQL.
+    # once) and lets an operator query the DLQ's history with SQL. The record's timestamp
+    # is part of the key because offsets restart when a topic is recreated.
     """
     CREATE TABLE dead_letters (
         topic text NOT NULL,
         partition integer NOT NULL,
         "offset" bigint NOT NULL,
+        record_timestamp bigint NOT NULL,
         reason text NOT NULL,
         dead_lettered_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (topic, partition, "offset")
+        PRIMARY KEY (topic, partition, "offset", record_timestamp)
     )
     """,
     """
     CREATE TABLE outbox (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            topic text NOT NULL,
-            key bytea,
-            value bytea,
-            headers jsonb NOT NULL DEFAULT '[]'::jsonb,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            published_at timestamptz
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        topic text NOT NULL,
+        key bytea,
+        value bytea,
+        headers jsonb NOT NULL DEFAULT '[]'::jsonb,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        published_at timestamptz,
+        publish_error text
     )
     """,
     """

@@ -22,7 +22,9 @@ T = TypeVar("T")
 
 #: SQLSTATE classes and codes worth retrying: connection loss, shutdown, conflicts.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "53")
-_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}
+#: 57014: statement timeout or cancel (a batch queued behind a hot row's lock);
+#: 25006: read-only transaction (connected to a standby during a failover).
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "25006"}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -44,7 +46,8 @@ def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping round trip per batch: a dead pooled connection fails as a
+        # transient error, and the retry gets a fresh one.
     )
 
 
@@ -55,6 +58,8 @@ class TransientDatabaseError(Exception):
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, TransientDatabaseError | OSError | asyncio.TimeoutError):
         return True
+    if isinstance(error, asyncpg.exceptions._base.DataError):
+        return False  # a value the driver cannot encode: retrying never helps
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
             return True

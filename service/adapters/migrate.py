@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 #: The top-level migrations/ folder of this repository (the worker runs from a checkout
@@ -29,6 +30,13 @@ def upgrade_to_head(database_url: str) -> None:
 
 def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def is_known_revision(revision: str) -> bool:
+    try:
+        return ScriptDirectory(str(MIGRATIONS_DIR)).get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

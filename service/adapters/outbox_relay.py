@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 import asyncpg
+from aiokafka.errors import KafkaError
 
 from service.adapters.database import asyncpg_dsn, is_transient
 from service.adapters.tables import OUTBOX_CHANNEL
@@ -29,12 +30,28 @@ log = logging.getLogger(__name__)
 #: Advisory lock key of the relay leader ("stock-outbox" as a number).
 RELAY_LOCK_KEY = 0x73746F636B6F7574
 
+_LEADER_SESSION_SETTINGS = {
+    "tcp_keepalives_idle": "15",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "application_name": "stock-outbox-relay",
+}
+
 _FETCH = """
     SELECT id, topic, key, value, headers FROM outbox
     WHERE published_at IS NULL ORDER BY id LIMIT $1
 """
 _MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+_PARK = "UPDATE outbox SET published_at = now(), publish_error = $2 WHERE id = $1"
 _PURGE = "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)"
+
+
+async def _delivery_error(future: asyncio.Future[Any]) -> KafkaError | None:
+    try:
+        await future
+    except KafkaError as error:
+        return error
+    return None
 
 
 class OutboxRelay:
@@ -42,6 +59,7 @@ class OutboxRelay:
         self.settings = settings
         self.producer = producer
         self.published_total = 0
+        self.parked_total = 0
         self.is_leader = False
         self._wake = asyncio.Event()
 
@@ -69,7 +87,13 @@ class OutboxRelay:
                 backoff = self.settings.retry_initial_backoff_seconds
 
     async def _lead(self) -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(self.settings.database_url))
+        conn = await asyncpg.connect(
+            asyncpg_dsn(self.settings.database_url),
+            # A leader whose network died must not hold the lock (and stall publishing)
+            # until TCP gives up hours later: the server drops it within a minute.
+            command_timeout=60,
+            server_settings=_LEADER_SESSION_SETTINGS,
+        )
         try:
             # Polling is the point: the lock frees when the leader's session ends.
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):  # noqa: ASYNC110
@@ -91,23 +115,53 @@ class OutboxRelay:
             await conn.close()
 
     async def publish_pending(self, conn: asyncpg.Connection) -> int:
-        """Publish one batch of unpublished rows, in order; mark them once all are acked."""
+        """Publish one batch of unpublished rows in id order. Returns how many were settled.
+
+        Rows are marked in order, up to the first one that failed for a passing reason
+        (the broker is away): that one and the rest are sent again on the next round.
+        A row Kafka refuses for good (too large, bad topic) is parked with its error
+        instead, so one bad row never stops everything behind it.
+        """
         rows = await conn.fetch(_FETCH, self.settings.outbox_batch_size)
         if not rows:
             return 0
-        sends = [
-            await self.producer.send(
-                row["topic"],
-                value=row["value"],
-                key=row["key"],
-                headers=decode_headers(row["headers"]),
-            )
-            for row in rows
-        ]
-        await asyncio.gather(*sends)
-        await conn.execute(_MARK, [row["id"] for row in rows])
-        self.published_total += len(rows)
-        return len(rows)
+        in_flight: list[tuple[int, asyncio.Future[Any] | KafkaError]] = []
+        for row in rows:
+            try:
+                future = await self.producer.send(
+                    row["topic"],
+                    value=row["value"],
+                    key=row["key"],
+                    headers=decode_headers(row["headers"]),
+                )
+            except KafkaError as refused:
+                in_flight.append((row["id"], refused))
+                if refused.retriable:
+                    break
+            else:
+                in_flight.append((row["id"], future))
+        sent: list[int] = []
+        parked: list[tuple[int, str]] = []
+        passing_failure: KafkaError | None = None
+        for row_id, outcome in in_flight:
+            error = outcome if isinstance(outcome, KafkaError) else await _delivery_error(outcome)
+            if error is None:
+                sent.append(row_id)
+            elif error.retriable:
+                passing_failure = error
+                break
+            else:
+                log.error("outbox row %d refused by Kafka for good, parked: %r", row_id, error)
+                parked.append((row_id, repr(error)))
+        if sent:
+            await conn.execute(_MARK, sent)
+        if parked:
+            await conn.executemany(_PARK, parked)
+        self.published_total += len(sent)
+        self.parked_total += len(parked)
+        if passing_failure is not None:
+            raise passing_failure
+        return len(sent) + len(parked)
 
     async def _wait_for_work(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -32,13 +32,13 @@ _CLAIM_EVENTS = text(
 
 _CLAIM_DEAD_LETTERS = text(
     """
-    INSERT INTO dead_letters (topic, partition, "offset", reason)
+    INSERT INTO dead_letters (topic, partition, "offset", record_timestamp, reason)
     SELECT * FROM unnest(
         CAST(:topics AS text[]), CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]),
-        CAST(:reasons AS text[])
+        CAST(:timestamps AS bigint[]), CAST(:reasons AS text[])
     )
     ON CONFLICT DO NOTHING
-    RETURNING topic, partition, "offset"
+    RETURNING topic, partition, "offset", record_timestamp
     """
 )
 
@@ -76,11 +76,14 @@ _LOCK_VARIANTS = text(
     """
 )
 
+# Oldest first, from the partial index. Not in key order: SKIP LOCKED never waits,
+# so this statement cannot take part in a deadlock.
 _LOCK_EXPIRED_ORDERS = text(
     """
     SELECT order_id FROM orders
     WHERE phase = 'RESERVED' AND expires_at <= :now
-    ORDER BY order_id
+      AND order_id <> ALL(CAST(:skip AS text[]))
+    ORDER BY expires_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
     """
@@ -173,7 +176,7 @@ async def claim_events(conn: AsyncConnection, refs: Collection[EventRef]) -> set
 
 async def claim_dead_letters(
     conn: AsyncConnection, poisons: Collection[Poison]
-) -> set[tuple[str, int, int]]:
+) -> set[tuple[str, int, int, int]]:
     """Record bad records by Kafka position; returns those not dead-lettered before."""
     if not poisons:
         return set()
@@ -183,10 +186,11 @@ async def claim_dead_letters(
             "topics": [p.record.topic for p in poisons],
             "partitions": [p.record.partition for p in poisons],
             "offsets": [p.record.offset for p in poisons],
+            "timestamps": [p.record.timestamp for p in poisons],
             "reasons": [p.reason for p in poisons],
         },
     )
-    return {(topic, partition, offset) for topic, partition, offset in result}
+    return {tuple(row) for row in result}
 
 
 @dataclass
@@ -240,9 +244,13 @@ async def lock_variants(
         state.variant_versions[variant_id] = version
 
 
-async def lock_expired_orders(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
+async def lock_expired_orders(
+    conn: AsyncConnection, now: datetime, limit: int, skip: Collection[str] = ()
+) -> list[str]:
     """Expired holds no one else is working on (SKIP LOCKED: sweepers never collide)."""
-    result = await conn.execute(_LOCK_EXPIRED_ORDERS, {"now": now, "limit": limit})
+    result = await conn.execute(
+        _LOCK_EXPIRED_ORDERS, {"now": now, "limit": limit, "skip": list(skip)}
+    )
     return [order_id for (order_id,) in result]
 
 

@@ -121,9 +121,10 @@ dead_letters = Table(
     Column("topic", Text, nullable=False),
     Column("partition", Integer, nullable=False),
     Column("offset", BigInteger, nullable=False),
+    Column("record_timestamp", BigInteger, nullable=False),
     Column("reason", Text, nullable=False),
     Column("dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("topic", "partition", "offset"),
+    PrimaryKeyConstraint("topic", "partition", "offset", "record_timestamp"),
 )
 
 outbox = Table(
@@ -138,6 +139,8 @@ outbox = Table(
     Column("headers", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("published_at", DateTime(timezone=True), nullable=True),
+    #: Set when Kafka refused the row for good (e.g. too large): parked, not retried.
+    Column("publish_error", Text, nullable=True),
 )
 Index("outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
 

@@ -6,21 +6,27 @@ the change, its audit row and its `stock.changed` commit together.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from schemas.events import ChangeType
 from service.adapters import stock_store
 from service.adapters.database import retry_transient
 from service.adapters.tables import audit_log, variants
 from service.domain.errors import UnknownVariant
 from service.domain.ledger import StockLedger
-from service.domain.model import StockChange
+from service.domain.model import EventRef, StockChange
 from service.outbound import EventWriter
 from service.settings import Settings
+
+#: `source` of the claims and audit causes of admin changes.
+ADMIN_SOURCE = "stock-admin"
 
 _ENSURE_VARIANT = text(
     """
@@ -55,41 +61,78 @@ class StockAdmin:
         product_id: str | None = None,
         reason: str | None = None,
         reference: str | None = None,
+        idempotency_key: str | None = None,
     ) -> StockChange:
         """Add received units. An unknown variant is created (at zero, then restocked)."""
-
-        async def attempt() -> StockChange:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    _ENSURE_VARIANT,
-                    {"variant_id": variant_id, "product_id": product_id or variant_id},
-                )
-                state = stock_store.LoadedState()
-                await stock_store.lock_variants(conn, [variant_id], state)
-                ledger = self._ledger(state)
-                change = ledger.restock(
-                    variant_id, quantity, product_id=product_id, reason=reason, reference=reference
-                )
-                await self._write(conn, ledger, state)
-                return change
-
-        return await retry_transient(attempt, what="restock")
+        return await self._apply_once(
+            "restock",
+            variant_id,
+            idempotency_key,
+            lambda ledger, cause: ledger.restock(
+                variant_id,
+                quantity,
+                product_id=product_id,
+                reason=reason,
+                reference=reference,
+                cause=cause,
+            ),
+            create_as_product=product_id or variant_id,
+        )
 
     async def adjust(
-        self, variant_id: str, counted: int, *, reason: str, reference: str | None = None
+        self,
+        variant_id: str,
+        counted: int,
+        *,
+        reason: str,
+        reference: str | None = None,
+        idempotency_key: str | None = None,
     ) -> StockChange:
         """Set `on_hand` to a physical count, with the reason recorded in the audit log."""
+        return await self._apply_once(
+            "adjust",
+            variant_id,
+            idempotency_key,
+            lambda ledger, cause: ledger.adjust(
+                variant_id, counted, reason=reason, reference=reference, cause=cause
+            ),
+        )
+
+    async def _apply_once(
+        self,
+        what: str,
+        variant_id: str,
+        idempotency_key: str | None,
+        decide: Callable[[StockLedger, EventRef], StockChange],
+        *,
+        create_as_product: str | None = None,
+    ) -> StockChange:
+        """One admin change in one transaction, claimed like a consumed event.
+
+        The claim makes the retry safe: if a COMMIT succeeded but its answer was lost
+        with the connection, the retry finds the key taken and returns the change that
+        committed instead of applying it twice. Callers that retry on their own (an
+        HTTP client) pass their own key; otherwise each call gets a fresh one.
+        """
+        cause = EventRef(ADMIN_SOURCE, idempotency_key or str(uuid.uuid4()))
 
         async def attempt() -> StockChange:
             async with self.engine.begin() as conn:
+                if not await stock_store.claim_events(conn, [cause]):
+                    return await _change_caused_by(conn, cause)
+                if create_as_product is not None:
+                    await conn.execute(
+                        _ENSURE_VARIANT,
+                        {"variant_id": variant_id, "product_id": create_as_product},
+                    )
                 state = stock_store.LoadedState()
                 await stock_store.lock_variants(conn, [variant_id], state)
                 ledger = self._ledger(state)
-                change = ledger.adjust(variant_id, counted, reason=reason, reference=reference)
+                change = decide(ledger, cause)
                 await self._write(conn, ledger, state)
                 return change
 
-        return await retry_transient(attempt, what="adjust")
+        return await retry_transient(attempt, what=what)
 
     async def stock_level(self, variant_id: str) -> StockLevel:
         async with self.engine.connect() as conn:
@@ -133,3 +176,30 @@ class StockAdmin:
             conn,
             self.writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, datetime.now(UTC)),
         )
+
+
+async def _change_caused_by(conn: AsyncConnection, cause: EventRef) -> StockChange:
+    """The change an earlier, committed call with this idempotency key made."""
+    row = (
+        await conn.execute(
+            select(audit_log, variants.c.product_id)
+            .join(variants, variants.c.variant_id == audit_log.c.variant_id)
+            .where(
+                audit_log.c.source_event_source == cause.source,
+                audit_log.c.source_event_id == cause.id,
+            )
+        )
+    ).one()
+    return StockChange(
+        variant_id=row.variant_id,
+        product_id=row.product_id,
+        change_type=ChangeType(row.change_type),
+        delta_on_hand=row.delta_on_hand,
+        delta_reserved=row.delta_reserved,
+        on_hand=row.on_hand_after,
+        reserved=row.reserved_after,
+        version=row.version,
+        reference=row.reference,
+        reason=row.reason,
+        cause=cause,
+    )

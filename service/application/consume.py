@@ -8,6 +8,7 @@ only after it commits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.envelope import EventType
 from schemas.events import OrderCheckout
 from service.adapters import stock_store
-from service.adapters.database import is_transient, retry_transient
+from service.adapters.database import retry_transient
 from service.domain.ledger import StockLedger
 from service.domain.model import EventRef
 from service.inbound import InboundEvent, KafkaRecord, Poison, decode_record
@@ -52,31 +53,35 @@ class BatchConsumer:
         items = self.decode(records)
         try:
             return await self._with_retry(items)
-        except Exception as error:
-            if is_transient(error):
-                raise
+        except Exception:
             # Something in this batch breaks a rule we did not foresee (a bug, or data
             # the database refuses). Isolate it: apply one message at a time, and
             # dead-letter only the ones that fail on their own.
             log.exception("batch of %d failed; retrying its messages one by one", len(items))
-            report = BatchReport()
-            for item in items:
-                try:
-                    one = await self._with_retry([item])
-                except Exception as single_error:
-                    if is_transient(single_error):
-                        raise
-                    log.exception("message %s failed on its own; dead-lettering it", _where(item))
-                    one = await self._with_retry(
-                        [
-                            Poison(
-                                item.record,
-                                f"processing failed: {type(single_error).__name__}: {single_error}",
-                            )
-                        ]
-                    )
-                report = _add(report, one)
-            return report
+        report = BatchReport()
+        for item in items:
+            report = _add(report, await self._apply_alone(item))
+        return report
+
+    async def _apply_alone(self, item: InboundEvent | Poison) -> BatchReport:
+        failure: Exception | None = None
+        # Twice: some failures happen once per connection (a statement cached before a
+        # schema change), and must not cost a valid event its place.
+        for _ in range(2):
+            try:
+                return await self._with_retry([item])
+            except Exception as error:
+                failure = error
+        log.error("message %s failed on its own; dead-lettering it", _where(item), exc_info=failure)
+        reason = f"processing failed: {type(failure).__name__}: {failure}"
+        try:
+            return await self._with_retry([Poison(item.record, reason)])
+        except Exception:
+            # Not even its dead letter can be written. Pause before failing the batch
+            # (Kafka then redelivers it), so a stuck batch never spins the CPU.
+            log.critical("cannot dead-letter %s; the batch will be retried", _where(item))
+            await asyncio.sleep(self.settings.retry_max_backoff_seconds)
+            raise
 
     async def _with_retry(self, items: Sequence[InboundEvent | Poison]) -> BatchReport:
         return await retry_transient(
@@ -88,7 +93,7 @@ class BatchConsumer:
 
     async def _apply(self, items: Sequence[InboundEvent | Poison]) -> BatchReport:
         events: dict[EventRef, InboundEvent] = {}
-        poisons: dict[tuple[str, int, int], Poison] = {}
+        poisons: dict[tuple[str, int, int, int], Poison] = {}
         for item in items:
             if isinstance(item, Poison):
                 poisons.setdefault(item.position, item)
@@ -107,6 +112,8 @@ class BatchConsumer:
             await stock_store.append_outbox(conn, messages)
         for poison in dead:
             log.warning("dead-lettered %s: %s", _where(poison), poison.reason)
+        if len(dead) < len(poisons):
+            log.info("%d bad records were dead-lettered before", len(poisons) - len(dead))
         return BatchReport(
             applied=len(fresh),
             duplicates=len(items) - len(fresh) - len(dead),

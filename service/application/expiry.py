@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,27 +32,58 @@ class HoldSweeper:
 
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Expire every hold due at `now`, a batch per transaction. Returns how many."""
+        now = now or datetime.now(UTC)
+        limit = self.settings.sweep_batch_size
         total = 0
+        broken: set[str] = set()
         while True:
-            expired = await retry_transient(
-                lambda: self._sweep_batch(now or datetime.now(UTC)),
-                what="expiry sweep",
-                initial_backoff=self.settings.retry_initial_backoff_seconds,
-                max_backoff=self.settings.retry_max_backoff_seconds,
-            )
+            try:
+                taken, expired = await self._retrying(self._sweep_batch, now, limit, broken)
+            except Exception:
+                # One order we cannot expire must not keep every other hold in place.
+                log.exception("expiry batch failed; expiring its orders one at a time")
+                taken, expired = await self._sweep_one_at_a_time(now, limit, broken)
             total += expired
-            if expired < self.settings.sweep_batch_size:
+            if taken < limit:
                 break
         self.expired_total += total
         return total
 
-    async def _sweep_batch(self, now: datetime) -> int:
+    async def _sweep_one_at_a_time(
+        self, now: datetime, limit: int, broken: set[str]
+    ) -> tuple[int, int]:
+        async with self.engine.connect() as conn:
+            candidates = await stock_store.lock_expired_orders(conn, now, limit, broken)
+            await conn.rollback()
+        expired = 0
+        for order_id in candidates:
+            others = broken | (set(candidates) - {order_id})
+            try:
+                _, one = await self._retrying(self._sweep_batch, now, 1, others)
+            except Exception:
+                log.exception("cannot expire order %s; leaving it for an operator", order_id)
+                broken.add(order_id)
+            else:
+                expired += one
+        return len(candidates), expired
+
+    async def _retrying(
+        self, sweep: Any, now: datetime, limit: int, skip: set[str]
+    ) -> tuple[int, int]:
+        result: tuple[int, int] = await retry_transient(
+            lambda: sweep(now, limit, skip),
+            what="expiry sweep",
+            initial_backoff=self.settings.retry_initial_backoff_seconds,
+            max_backoff=self.settings.retry_max_backoff_seconds,
+        )
+        return result
+
+    async def _sweep_batch(self, now: datetime, limit: int, skip: set[str]) -> tuple[int, int]:
+        """Expire up to `limit` due holds in one transaction: (orders taken, expired)."""
         async with self.engine.begin() as conn:
-            order_ids = await stock_store.lock_expired_orders(
-                conn, now, self.settings.sweep_batch_size
-            )
+            order_ids = await stock_store.lock_expired_orders(conn, now, limit, skip)
             if not order_ids:
-                return 0
+                return 0, 0
             state = stock_store.LoadedState()
             await stock_store.lock_orders(conn, order_ids, state, create=False)
             await stock_store.lock_variants(
@@ -69,7 +101,7 @@ class HoldSweeper:
             )
         if expired:
             log.info("expired %d holds", expired)
-        return expired
+        return len(order_ids), expired
 
     async def run_forever(self) -> None:
         while True:

@@ -85,20 +85,25 @@ class StockLedger:
         order.expires_at = expires_at
         if order.cancelled:
             self._settle(order, OrderPhase.REJECTED, REASON_ORDER_CANCELLED, cause=cause)
-            return
-        if order.payment is PaymentOutcome.FAILED:
+        elif order.payment is PaymentOutcome.FAILED:
             # Nothing is held, but a later success may still take the stock.
             self._settle(order, OrderPhase.RELEASED, REASON_PAYMENT_FAILED, cause=cause)
-            return
+        else:
+            self._reserve(order, cause)
+        # A payment that came first is answered now: CONFIRMED, or CONFIRM_FAILED (the
+        # payment service's cue to refund), also when a cancellation won.
+        if order.payment is PaymentOutcome.SUCCEEDED:
+            self._confirm(order, cause)
+
+    def _reserve(self, order: Order, cause: EventRef | None) -> None:
+        """Hold every line, or none and say which are short."""
         reason, shortages = self._shortages(order.lines)
         if shortages:
             self._settle(order, OrderPhase.REJECTED, reason, shortages, cause)
-        else:
-            for variant_id, quantity in order.lines.items():
-                self._change(variant_id, ChangeType.RESERVE, 0, quantity, order_id, None, cause)
-            self._settle(order, OrderPhase.RESERVED, cause=cause)
-        if order.payment is PaymentOutcome.SUCCEEDED:
-            self._confirm(order, cause)
+            return
+        for variant_id, quantity in order.lines.items():
+            self._change(variant_id, ChangeType.RESERVE, 0, quantity, order.order_id, None, cause)
+        self._settle(order, OrderPhase.RESERVED, cause=cause)
 
     def payment_succeeded(self, order_id: str, cause: EventRef | None = None) -> None:
         order = self.order(order_id)
@@ -166,9 +171,11 @@ class StockLedger:
                 order, ReservationStatus.CONFIRM_FAILED, REASON_ORDER_CANCELLED, (), cause
             )
         elif order.phase is OrderPhase.REJECTED:
-            # The shortages as they stand now; empty if a restock has since covered them.
-            _, shortages = self._shortages(order.lines)
-            self._settle(order, OrderPhase.CONFIRM_FAILED, order.reason, shortages, cause)
+            still_short: tuple[Shortage, ...] = ()
+            if order.reason in (REASON_INSUFFICIENT_STOCK, REASON_UNKNOWN_VARIANT):
+                # As they stand now; empty if a restock has covered them since.
+                _, still_short = self._shortages(order.lines)
+            self._settle(order, OrderPhase.CONFIRM_FAILED, order.reason, still_short, cause)
         # CONFIRMED and CONFIRM_FAILED: nothing more to do.
 
     def _release(

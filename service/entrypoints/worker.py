@@ -19,7 +19,7 @@ from faststream.kafka import KafkaBroker
 
 from service.adapters.database import create_engine
 from service.adapters.kafka import create_producer, ensure_topics
-from service.adapters.migrate import current_revision, head_revision
+from service.adapters.migrate import current_revision, head_revision, is_known_revision
 from service.adapters.outbox_relay import OutboxRelay
 from service.application.consume import BatchConsumer
 from service.application.expiry import HoldSweeper
@@ -48,6 +48,9 @@ def build_broker(settings: Settings, consumer: BatchConsumer) -> KafkaBroker:
         client_id=settings.kafka_client_id,
         enable_idempotence=settings.kafka_enable_idempotence,
         log_level=logging.DEBUG,  # one line per batch at INFO is noise at this rate
+        # On stop, the batch in hand gets this long to commit before it is cancelled
+        # (uncommitted, so redelivered to whoever takes the partition).
+        graceful_timeout=settings.shutdown_grace_seconds,
     )
 
     @broker.subscriber(
@@ -57,6 +60,8 @@ def build_broker(settings: Settings, consumer: BatchConsumer) -> KafkaBroker:
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_linger_ms,
         auto_offset_reset="earliest",
+        # A checkout from a producer transaction that aborted never happened.
+        isolation_level="read_committed",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         parser=_tolerant_batch_parser,
         decoder=_raw_decoder,
@@ -131,8 +136,14 @@ class Worker:
     async def _check_schema(self) -> None:
         current = await current_revision(self.engine)
         head = head_revision()
-        if current != head:
-            raise SystemExit(
-                f"database schema is at {current or 'nothing'}, this worker needs {head}: "
-                "run `stock migrate` first"
-            )
+        if current == head:
+            return
+        if current is not None and not is_known_revision(current):
+            # Migrated by a newer release (a rolling deploy, or a rollback of this one):
+            # migrations only ever add, so an older worker runs on a newer schema.
+            log.warning("database schema %s is newer than this worker's %s", current, head)
+            return
+        raise SystemExit(
+            f"database schema is at {current or 'nothing'}, this worker needs {head}: "
+            "run `stock migrate` first"
+        )

@@ -104,7 +104,9 @@ async def test_poison_record_redelivered_at_the_same_offset_is_dead_lettered_onc
     topic = settings.topic_order_checkout
 
     def bad(offset: int, partition: int = 1) -> FakeRecord:
-        return FakeRecord(topic, b"{broken", key=b"o1", partition=partition, offset=offset)
+        # A redelivery is the same record: same position, same broker timestamp.
+        return FakeRecord(topic, b"{broken", key=b"o1", partition=partition, offset=offset,
+                          timestamp=1_700_000_000_000)
 
     good = checkout("o1", {"v1": 1})
     first = await s.deliver(bad(41), s.record(good), bad(41))
@@ -122,6 +124,12 @@ async def test_poison_record_redelivered_at_the_same_offset_is_dead_lettered_onc
         (b"1", b"41"), (b"1", b"42"), (b"2", b"41"),
     ]
     assert await s.stock("v1") == (10, 1)
+
+    # A recreated topic reuses offsets: a new record at an old position is new.
+    reused = FakeRecord(topic, b"{other", key=b"o2", partition=1, offset=41,
+                        timestamp=1_800_000_000_000)
+    report = await s.deliver(reused)
+    assert report.dead_lettered == 1
     assert await invariant_violations(engine) == []
 
 

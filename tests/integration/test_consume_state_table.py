@@ -78,8 +78,9 @@ CELLS: dict[str, Cell] = {
     "unknown__cancel_remembered_checkout_rejected": Cell(
         "X C", REJ, FREE, (REJ,), (), "order_cancelled"
     ),
+    # Cancellation wins; the payment is still answered (CONFIRM_FAILED: refund it).
     "unknown__cancel_remembered_wins_over_remembered_success": Cell(
-        "P X C", REJ, FREE, (REJ,), (), "order_cancelled"
+        "P X C", CF, FREE, (REJ, CF), (), "order_cancelled"
     ),
     # ---- RESERVED
     "reserved__checkout_again_is_no_op": Cell("C C2", RES, HELD, (RES,), (RESERVE,)),

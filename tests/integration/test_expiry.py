@@ -193,3 +193,27 @@ async def test_sweeper_racing_payments_never_loses_or_doubles_a_sale(
             ["RESERVED", "CONFIRMED"], ["RESERVED", "EXPIRED", "CONFIRMED"]
         ), o
     assert await invariant_violations(engine) == []
+
+
+async def test_an_order_that_cannot_expire_does_not_hold_back_the_others(
+    engine, settings
+) -> None:
+    from sqlalchemy import text
+
+    s = Scenario(engine, settings)
+    await s.restock(("v1", 10), ("v2", 10))
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    await s.deliver(
+        s.record(checkout("o-broken", {"v1": 3}, expires_at=past)),
+        s.record(checkout("o-fine", {"v2": 2}, expires_at=past)),
+    )
+    # A hand-made "fix" breaks v1's books: expiring o-broken would make reserved < 0.
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE variants SET reserved = 0 WHERE variant_id = 'v1'"))
+
+    expired = await HoldSweeper(engine, settings).sweep_once()
+
+    assert expired == 1
+    assert await s.phase("o-fine") == "EXPIRED"
+    assert await s.phase("o-broken") == "RESERVED"
+    assert await s.stock("v2") == (10, 0)

@@ -323,8 +323,13 @@ def test_unknown__cancel_wins_over_a_remembered_success() -> None:
     ledger.cancel(ORDER)
     checkout(ledger)
 
-    assert phase(ledger) is OrderPhase.REJECTED
-    assert statuses(ledger.outcomes) == [(ReservationStatus.REJECTED, "order_cancelled")]
+    # The paid customer gets an answer to refund on, as in cancel-checkout-payment.
+    assert phase(ledger) is OrderPhase.CONFIRM_FAILED
+    assert statuses(ledger.outcomes) == [
+        (ReservationStatus.REJECTED, "order_cancelled"),
+        (ReservationStatus.CONFIRM_FAILED, "order_cancelled"),
+    ]
+    assert all(outcome.shortages == () for outcome in ledger.outcomes)
     assert ledger.changes == []
     assert stock(ledger) == START
 

@@ -82,3 +82,18 @@ def test_dead_letter_keeps_original_bytes_and_headers_and_says_why() -> None:
         b"order.checkout", b"2", b"41")
     # Stored in the outbox as JSON with base64 values, and read back unchanged.
     assert decode_headers(message.headers_json()) == list(message.headers)
+
+
+def test_an_oversized_dead_letter_is_cut_to_fit_and_says_so() -> None:
+    writer = EventWriter(Settings(dlq_max_value_bytes=10))
+    record = FakeRecord(topic="order.checkout", value=b"x" * 25)
+    message = writer.dead_letter(Poison(record, "too big"))
+    assert message.value == b"x" * 10
+    assert dict(message.headers)["truncated-from"] == b"25"
+
+
+def test_header_names_and_values_of_any_bytes_survive_the_outbox() -> None:
+    record = FakeRecord(topic="t", value=None, headers=(("a\x00b", b"\x00"), ("n", None)))
+    message = WRITER.dead_letter(Poison(record, "tombstone"))
+    assert message.value is None
+    assert decode_headers(message.headers_json())[:2] == [("a\x00b", b"\x00"), ("n", None)]
