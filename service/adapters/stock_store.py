@@ -42,12 +42,17 @@ _CLAIM_DEAD_LETTERS = text(
     """
 )
 
-_ENSURE_ORDERS = text(
+# One statement creates the orders seen for the first time and locks every order, in
+# key order, in one round trip. Two workers often hold events of the same order at once
+# (checkouts and payments arrive on different topics); they queue on the row, never
+# deadlock. The no-op update is what takes the lock on an existing row.
+_CREATE_AND_LOCK_ORDERS = text(
     """
-    INSERT INTO orders (order_id, phase)
+    INSERT INTO orders AS o (order_id, phase)
     SELECT order_id, 'PENDING' FROM unnest(CAST(:ids AS text[])) AS t(order_id)
     ORDER BY order_id
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (order_id) DO UPDATE SET phase = o.phase
+    RETURNING order_id, phase, expires_at, payment, cancelled, reason
     """
 )
 
@@ -205,15 +210,18 @@ class LoadedState:
 
 
 async def lock_orders(
-    conn: AsyncConnection, order_ids: Iterable[str], state: LoadedState, *, create: bool = True
+    conn: AsyncConnection,
+    order_ids: Iterable[str],
+    state: LoadedState,
+    *,
+    create_missing: bool = True,
 ) -> None:
-    """Lock (creating PENDING rows for new ids) and load orders with their lines."""
+    """Lock and load orders with their lines, in key order; new ids become PENDING rows."""
     ids = sorted(set(order_ids))
     if not ids:
         return
-    if create:
-        await conn.execute(_ENSURE_ORDERS, {"ids": ids})
-    rows = await conn.execute(_LOCK_ORDERS, {"ids": ids})
+    statement = _CREATE_AND_LOCK_ORDERS if create_missing else _LOCK_ORDERS
+    rows = await conn.execute(statement, {"ids": ids})
     for order_id, phase, expires_at, payment, cancelled, reason in rows:
         state.orders[order_id] = Order(
             order_id=order_id,

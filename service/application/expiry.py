@@ -85,7 +85,7 @@ class HoldSweeper:
             if not order_ids:
                 return 0, 0
             state = stock_store.LoadedState()
-            await stock_store.lock_orders(conn, order_ids, state, create=False)
+            await stock_store.lock_orders(conn, order_ids, state, create_missing=False)
             await stock_store.lock_variants(
                 conn, {v for order in state.orders.values() for v in order.lines}, state
             )

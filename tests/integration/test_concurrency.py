@@ -161,3 +161,52 @@ async def test_two_workers_given_the_same_events_apply_each_once(
     reservations = await s.reservations()
     assert len(reservations) == len(orders) + len(orders) // 2
     assert await invariant_violations(engine) == []
+
+
+async def test_events_of_the_same_orders_on_two_consumers_never_deadlock(
+    engine, settings, database_url
+) -> None:
+    """Checkouts and payments travel on different topics, so two workers often hold
+    events of the same order at once; locks in key order mean they only ever wait."""
+    import random
+
+    from sqlalchemy import text
+
+    from service.adapters.database import create_engine
+    from service.application.admin import StockAdmin
+    from service.application.consume import BatchConsumer
+    from tests.support.invariants import invariant_violations
+    from tests.support.records import checkout, paid, record_of
+
+    await StockAdmin(engine, settings).restock("hot", 10_000, product_id="p")
+    order_ids = [f"o{i:04d}" for i in range(600)]
+    rng = random.Random(7)
+    checkouts = [record_of(settings, checkout(o, {"hot": 1})) for o in order_ids]
+    payments = [record_of(settings, paid(o)) for o in order_ids]
+    rng.shuffle(checkouts)
+    rng.shuffle(payments)
+    engines = [create_engine(database_url, pool_size=2) for _ in range(2)]
+    try:
+        one, two = (BatchConsumer(e, settings) for e in engines)
+
+        async def feed(consumer: BatchConsumer, records: list) -> None:
+            for start in range(0, len(records), 50):
+                await consumer.handle(records[start : start + 50])
+
+        await asyncio.gather(feed(one, checkouts), feed(two, payments))
+    finally:
+        for e in engines:
+            await e.dispose()
+
+    async with engine.connect() as conn:
+        deadlocks = (
+            await conn.execute(
+                text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            )
+        ).scalar()
+        phases = (
+            await conn.execute(text("SELECT phase, count(*) FROM orders GROUP BY phase"))
+        ).all()
+    assert deadlocks == 0
+    assert dict(phases) == {"CONFIRMED": 600}
+    assert await invariant_violations(engine) == []
