@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check service schemas migrations tests
+	$(BIN)/ruff check service schemas migrations tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
