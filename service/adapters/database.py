@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -82,20 +83,26 @@ async def retry_transient(
     what: str,
     initial_backoff: float = 0.1,
     max_backoff: float = 5.0,
+    give_up_after: float | None = None,
 ) -> T:
     """Run `attempt` until it succeeds or fails for a non-transient reason.
 
     The database being down is waited for, not skipped: nothing is acknowledged
-    to Kafka until the transaction that holds its effects has committed.
+    to Kafka until the transaction that holds its effects has committed. A caller
+    who must answer someone (HTTP) sets `give_up_after` seconds and then gets
+    `TransientDatabaseError`.
     """
     backoff = initial_backoff
     failures = 0
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
         try:
             return await attempt()
         except Exception as error:
             if not is_transient(error):
                 raise
+            if deadline is not None and time.monotonic() + backoff > deadline:
+                raise TransientDatabaseError(f"{what}: database unavailable") from error
             failures += 1
             log_fn = log.warning if failures == 1 or failures % 10 == 0 else log.debug
             log_fn(

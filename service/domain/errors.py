@@ -12,15 +12,70 @@ class DomainError(Exception):
 
 
 class UnknownVariant(DomainError):
+    """Carries every unknown variant of the request, not just the first."""
+
     code = "unknown_variant"
 
-    def __init__(self, variant_id: str) -> None:
-        super().__init__(f"unknown variant {variant_id!r}")
+    def __init__(self, variant_id: str, *more: str) -> None:
+        ids = (variant_id, *more)
+        names = ", ".join(repr(v) for v in ids)
+        super().__init__(f"unknown variant{'s' if more else ''} {names}")
         self.variant_id = variant_id
+        self.variant_ids = ids
+
+
+class UnknownProduct(DomainError):
+    code = "unknown_product"
+
+    def __init__(self, product_id: str) -> None:
+        super().__init__(f"no variant of product {product_id!r} is known")
+        self.product_id = product_id
+
+
+class UnknownReservation(DomainError):
+    """No checkout has been recorded under these reservation (order) ids."""
+
+    code = "unknown_reservation"
+
+    def __init__(self, reservation_ids: tuple[str, ...]) -> None:
+        names = ", ".join(repr(r) for r in reservation_ids)
+        super().__init__(f"unknown reservation{'s' if len(reservation_ids) > 1 else ''} {names}")
+        self.reservation_ids = reservation_ids
+
+
+class ReservationClosed(DomainError):
+    """The reservation is past the point where this request can act on it."""
+
+    code = "reservation_closed"
+
+    def __init__(self, statuses: dict[str, str], hint: str) -> None:
+        listed = ", ".join(f"{r!r} is {s}" for r, s in statuses.items())
+        super().__init__(f"{listed}: {hint}")
+        self.statuses = statuses
+
+
+class ReservationMismatch(DomainError):
+    """The request names a reservation with other lines than the ones it holds."""
+
+    code = "reservation_mismatch"
+
+    def __init__(self, held: dict[str, dict[str, int]]) -> None:
+        names = ", ".join(repr(r) for r in held)
+        super().__init__(
+            f"reservation {names} exists with other lines than requested; "
+            "a changed cart needs a new reservation id"
+        )
+        self.held = held
 
 
 class InvalidQuantity(DomainError):
     code = "invalid_quantity"
+
+
+class InvalidCursor(DomainError):
+    """A paging cursor this service did not hand out."""
+
+    code = "invalid_cursor"
 
 
 class CountBelowReserved(DomainError):

@@ -37,6 +37,7 @@ REASON_UNKNOWN_VARIANT = "unknown_variant"
 REASON_ORDER_CANCELLED = "order_cancelled"
 REASON_PAYMENT_FAILED = "payment_failed"
 REASON_HOLD_EXPIRED = "hold_expired"
+REASON_RELEASED = "released"
 
 #: Phases in which the order's stock is held (counted in `reserved`).
 _HOLDING = frozenset({OrderPhase.RESERVED})
@@ -146,6 +147,22 @@ class StockLedger:
         self._release(order, ChangeType.EXPIRE, OrderPhase.EXPIRED, REASON_HOLD_EXPIRED, None)
         return True
 
+    def release(
+        self, order_id: str, note: str | None = None, cause: EventRef | None = None
+    ) -> bool:
+        """Give back a hold on request (not a payment failure). True if one was held.
+
+        `note` is the caller's words for the audit log; the order's reason stays the
+        machine-readable `released`. A later payment success may still take the stock
+        again, exactly as after a failed payment.
+        """
+        order = self.orders.get(order_id)
+        if order is None or order.phase not in _HOLDING:
+            return False
+        self.touched_orders.add(order_id)
+        self._release(order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_RELEASED, cause, note)
+        return True
+
     def _confirm(self, order: Order, cause: EventRef | None) -> None:
         """Apply a payment success to an order whose checkout has arrived."""
         if order.phase is OrderPhase.RESERVED:
@@ -185,9 +202,10 @@ class StockLedger:
         phase: OrderPhase,
         reason: str,
         cause: EventRef | None,
+        note: str | None = None,
     ) -> None:
         for variant_id, quantity in order.lines.items():
-            self._change(variant_id, change_type, 0, -quantity, order.order_id, None, cause)
+            self._change(variant_id, change_type, 0, -quantity, order.order_id, note, cause)
         self._settle(order, phase, reason, cause=cause)
 
     def _settle(

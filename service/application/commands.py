@@ -1,0 +1,206 @@
+"""Synchronous stock requests (HTTP and CLI), each in one PostgreSQL transaction.
+
+The same path as a consumed batch: lock orders then variants in key order, let the
+ledger decide (here through the all-or-nothing rules of `domain.requests`), write
+the stock, the audit rows and the outbox rows together. A refused request raises a
+`DomainError` inside the transaction, so nothing of it is written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas.events import ChangeType
+from service.adapters import stock_store
+from service.adapters.database import retry_transient
+from service.adapters.tables import audit_log, variants
+from service.domain import requests
+from service.domain.ledger import StockLedger
+from service.domain.model import EventRef, Order, StockChange
+from service.outbound import EventWriter
+from service.settings import Settings
+
+T = TypeVar("T")
+
+#: `source` of the audit causes (and idempotency claims) of synchronous requests.
+REQUEST_SOURCE = "stock-api"
+
+_ENSURE_VARIANTS = text(
+    """
+    INSERT INTO variants (variant_id, product_id, on_hand)
+    SELECT variant_id, product_id, 0
+    FROM unnest(CAST(:ids AS text[]), CAST(:products AS text[])) AS t(variant_id, product_id)
+    ORDER BY variant_id
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+class StockCommands:
+    def __init__(
+        self, engine: AsyncEngine, settings: Settings, *, give_up_after: float | None = None
+    ) -> None:
+        """`give_up_after`: seconds to wait out a database outage before raising (an HTTP
+        caller wants an answer); None waits as long as it takes (the CLI)."""
+        self.engine = engine
+        self.settings = settings
+        self.writer = EventWriter(settings)
+        self.give_up_after = give_up_after
+
+    async def reserve(self, reservations: Sequence[requests.ReservationRequest]) -> list[Order]:
+        return await self._run(
+            "reserve",
+            _new_cause(),
+            lambda ledger, cause: requests.reserve(ledger, reservations, cause),
+            order_ids=[r.reservation_id for r in reservations],
+            create_orders=True,
+            variant_ids=[v for r in reservations for v in r.lines],
+        )
+
+    async def confirm_sales(
+        self, confirmations: Sequence[requests.SaleConfirmation]
+    ) -> list[Order]:
+        return await self._run(
+            "confirm-sale",
+            _new_cause(),
+            lambda ledger, cause: requests.confirm_sales(ledger, confirmations, cause),
+            order_ids=[c.reservation_id for c in confirmations],
+        )
+
+    async def release(self, releases: Sequence[requests.ReleaseRequest]) -> list[Order]:
+        return await self._run(
+            "release",
+            _new_cause(),
+            lambda ledger, cause: requests.release(ledger, releases, cause),
+            order_ids=[r.reservation_id for r in releases],
+        )
+
+    async def restock(
+        self,
+        restocks: Sequence[requests.RestockRequest],
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[StockChange]:
+        """Idempotent per key: a retry whose first try committed gets that try's changes."""
+        return await self._run(
+            "restock",
+            _new_cause(idempotency_key),
+            lambda ledger, cause: requests.restock(ledger, restocks, cause),
+            variant_ids=[r.variant_id for r in restocks],
+            new_variants={r.variant_id: r.product_id for r in restocks if r.product_id},
+            replay=_changes_caused_by if idempotency_key else None,
+        )
+
+    async def adjust(
+        self,
+        counts: Sequence[requests.CountRequest],
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[StockChange]:
+        return await self._run(
+            "adjust",
+            _new_cause(idempotency_key),
+            lambda ledger, cause: requests.adjust(ledger, counts, cause),
+            variant_ids=[c.variant_id for c in counts],
+            replay=_changes_caused_by if idempotency_key else None,
+        )
+
+    async def _run(
+        self,
+        what: str,
+        cause: EventRef,
+        decide: Callable[[StockLedger, EventRef], T],
+        *,
+        order_ids: Collection[str] = (),
+        create_orders: bool = False,
+        variant_ids: Collection[str] = (),
+        new_variants: dict[str, str] | None = None,
+        replay: Callable[[AsyncConnection, EventRef], Awaitable[T]] | None = None,
+    ) -> T:
+        """One request, one transaction; retried whole on transient database errors.
+
+        With `replay`, the cause is claimed in `processed_events` like a consumed event,
+        so a retry after a COMMIT whose answer was lost finds it taken and gets what
+        `replay` reads back (the changes that committed) instead of applying it twice.
+        """
+
+        async def attempt() -> T:
+            async with self.engine.begin() as conn:
+                if replay is not None and not await stock_store.claim_events(conn, [cause]):
+                    return await replay(conn, cause)
+                if new_variants:
+                    await conn.execute(
+                        _ENSURE_VARIANTS,
+                        {"ids": list(new_variants), "products": list(new_variants.values())},
+                    )
+                state = stock_store.LoadedState()
+                await stock_store.lock_orders(conn, order_ids, state, create_missing=create_orders)
+                held = {v for order in state.orders.values() for v in order.lines}
+                await stock_store.lock_variants(conn, held.union(variant_ids), state)
+                ledger = StockLedger(
+                    state.variants,
+                    state.orders,
+                    default_low_stock_threshold=self.settings.low_stock_threshold,
+                )
+                result = decide(ledger, cause)
+                await stock_store.write_ledger(conn, ledger, state)
+                await stock_store.append_outbox(
+                    conn,
+                    self.writer.effects(
+                        ledger.changes, ledger.alerts, ledger.outcomes, datetime.now(UTC)
+                    ),
+                )
+                return result
+
+        return await _retry(attempt, what, self.settings, self.give_up_after)
+
+
+def _new_cause(idempotency_key: str | None = None) -> EventRef:
+    return EventRef(REQUEST_SOURCE, idempotency_key or f"request-{uuid.uuid4()}")
+
+
+async def _retry(
+    attempt: Callable[[], Awaitable[T]], what: str, settings: Settings, give_up_after: float | None
+) -> T:
+    return await retry_transient(
+        attempt,
+        what=what,
+        initial_backoff=settings.retry_initial_backoff_seconds,
+        max_backoff=settings.retry_max_backoff_seconds,
+        give_up_after=give_up_after,
+    )
+
+
+async def _changes_caused_by(conn: AsyncConnection, cause: EventRef) -> list[StockChange]:
+    """The changes an earlier, committed request with this idempotency key made."""
+    rows = await conn.execute(
+        select(audit_log, variants.c.product_id)
+        .join(variants, variants.c.variant_id == audit_log.c.variant_id)
+        .where(
+            audit_log.c.source_event_source == cause.source,
+            audit_log.c.source_event_id == cause.id,
+        )
+        .order_by(audit_log.c.id)
+    )
+    return [
+        StockChange(
+            variant_id=row.variant_id,
+            product_id=row.product_id,
+            change_type=ChangeType(row.change_type),
+            delta_on_hand=row.delta_on_hand,
+            delta_reserved=row.delta_reserved,
+            on_hand=row.on_hand_after,
+            reserved=row.reserved_after,
+            version=row.version,
+            reference=row.reference,
+            reason=row.reason,
+            cause=cause,
+        )
+        for row in rows
+    ]

@@ -1,0 +1,234 @@
+"""Rules of synchronous requests (HTTP, CLI): all or nothing, idempotent per reservation.
+
+A Kafka event is a fact to record: a checkout that cannot be held becomes a REJECTED
+order. A request is a question to answer: if any part of it cannot be done, nothing is
+done, and the error names every part that failed. The ledger decides both, so the
+stock arithmetic, the audit rows and the published events are the same.
+
+The reservation id of a request is the order id of the contract: a reservation made
+over HTTP is confirmed by a `payment.succeeded` for that id, and the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from service.domain.errors import (
+    CountBelowReserved,
+    InsufficientStock,
+    ReservationClosed,
+    ReservationMismatch,
+    UnknownReservation,
+    UnknownVariant,
+)
+from service.domain.ledger import StockLedger
+from service.domain.model import EventRef, Order, OrderPhase, Shortage, StockChange
+
+#: A repeated reserve answers with the reservation as it stands while it holds or sold.
+_ANSWERED_AS_IS = frozenset({OrderPhase.RESERVED, OrderPhase.CONFIRMED})
+#: Confirming these cannot succeed: the order was refused, cancelled or refunded.
+_UNCONFIRMABLE = frozenset({OrderPhase.REJECTED, OrderPhase.RETURNED, OrderPhase.CONFIRM_FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRequest:
+    reservation_id: str
+    lines: dict[str, int]
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SaleConfirmation:
+    reservation_id: str
+    #: Lines the caller expects the reservation to hold; checked, never partial.
+    expected_lines: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    reservation_id: str
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestockRequest:
+    variant_id: str
+    quantity: int
+    #: Needed only to create a variant that does not exist yet.
+    product_id: str | None = None
+    reason: str | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CountRequest:
+    variant_id: str
+    counted: int
+    reason: str
+    reference: str | None = None
+
+
+def reserve(
+    ledger: StockLedger, requests: Sequence[ReservationRequest], cause: EventRef
+) -> list[Order]:
+    """Hold every line of every new reservation, or nothing.
+
+    Repeating a reservation with the same lines answers it as it stands (RESERVED or
+    CONFIRMED); with other lines it is a mismatch. One that was released, expired or
+    refused is closed: a new hold needs a new reservation id.
+    """
+    fresh: list[ReservationRequest] = []
+    mismatched: dict[str, dict[str, int]] = {}
+    closed: dict[str, str] = {}
+    for request in requests:
+        order = ledger.orders.get(request.reservation_id)
+        if order is None or order.phase is OrderPhase.PENDING:
+            fresh.append(request)
+        elif order.lines != request.lines:
+            mismatched[order.order_id] = dict(order.lines)
+        elif order.phase not in _ANSWERED_AS_IS:
+            closed[order.order_id] = order.phase.value
+    if mismatched:
+        raise ReservationMismatch(mismatched)
+    if closed:
+        raise ReservationClosed(closed, "make a new reservation")
+    _check_can_hold(ledger, fresh)
+    for request in fresh:
+        ledger.checkout(request.reservation_id, request.lines, request.expires_at, cause)
+    # An order cancelled (or failed) over Kafka before its checkout reserves nothing.
+    refused = {
+        r.reservation_id: ledger.orders[r.reservation_id].phase.value
+        for r in fresh
+        if ledger.orders[r.reservation_id].phase not in _ANSWERED_AS_IS
+    }
+    if refused:
+        raise ReservationClosed(refused, "the order was cancelled or its payment failed")
+    return [ledger.orders[r.reservation_id] for r in requests]
+
+
+def _check_can_hold(ledger: StockLedger, requests: Sequence[ReservationRequest]) -> None:
+    """Every short variant, counted over all the requests together."""
+    wanted: dict[str, int] = {}
+    for request in requests:
+        for variant_id, quantity in request.lines.items():
+            wanted[variant_id] = wanted.get(variant_id, 0) + quantity
+    unknown = [v for v in wanted if v not in ledger.variants]
+    if unknown:
+        raise UnknownVariant(*unknown)
+    shortages = tuple(
+        Shortage(variant_id, quantity, max(ledger.variants[variant_id].available, 0))
+        for variant_id, quantity in wanted.items()
+        if ledger.variants[variant_id].available < quantity
+    )
+    if shortages:
+        raise InsufficientStock(shortages)
+
+
+def confirm_sales(
+    ledger: StockLedger, confirmations: Sequence[SaleConfirmation], cause: EventRef
+) -> list[Order]:
+    """Turn each reservation into a sale, as a `payment.succeeded` for it would.
+
+    A sold reservation is answered as it is. One that was released or expired takes
+    its stock again if it is all there; if not, nothing of the request is sold and the
+    error carries the shortages.
+    """
+    orders = _existing_orders(ledger, [c.reservation_id for c in confirmations])
+    mismatched = {
+        c.reservation_id: dict(orders[c.reservation_id].lines)
+        for c in confirmations
+        if any(orders[c.reservation_id].lines.get(v) != q for v, q in c.expected_lines.items())
+    }
+    if mismatched:
+        raise ReservationMismatch(mismatched)
+    closed = {
+        order.order_id: order.phase.value
+        for order in orders.values()
+        if order.phase in _UNCONFIRMABLE
+        or (order.cancelled and order.phase is not OrderPhase.CONFIRMED)
+    }
+    if closed:
+        raise ReservationClosed(closed, "it cannot be sold")
+    first_outcome = len(ledger.outcomes)
+    for order_id in orders:
+        ledger.payment_succeeded(order_id, cause)
+    shortages = tuple(
+        shortage
+        for outcome in ledger.outcomes[first_outcome:]
+        if outcome.status.value == OrderPhase.CONFIRM_FAILED.value
+        for shortage in outcome.shortages
+    )
+    if shortages:
+        raise InsufficientStock(shortages)
+    return list(orders.values())
+
+
+def release(
+    ledger: StockLedger, releases: Sequence[ReleaseRequest], cause: EventRef
+) -> list[Order]:
+    """Give back held stock. A reservation that holds nothing already is answered as is;
+    a sold one is refused (cancel the order to return its stock)."""
+    orders = _existing_orders(ledger, [r.reservation_id for r in releases])
+    sold = {o.order_id: o.phase.value for o in orders.values() if o.phase is OrderPhase.CONFIRMED}
+    if sold:
+        raise ReservationClosed(sold, "sold stock is returned by cancelling the order")
+    for request in releases:
+        ledger.release(request.reservation_id, request.note, cause)
+    return list(orders.values())
+
+
+def _existing_orders(ledger: StockLedger, reservation_ids: Sequence[str]) -> dict[str, Order]:
+    """The orders in request order (each once); unknown ones are an error, all named."""
+    orders: dict[str, Order] = {}
+    unknown: list[str] = []
+    for reservation_id in dict.fromkeys(reservation_ids):
+        order = ledger.orders.get(reservation_id)
+        if order is None or order.phase is OrderPhase.PENDING:
+            unknown.append(reservation_id)
+        else:
+            orders[reservation_id] = order
+    if unknown:
+        raise UnknownReservation(tuple(unknown))
+    return orders
+
+
+def restock(
+    ledger: StockLedger, restocks: Sequence[RestockRequest], cause: EventRef
+) -> list[StockChange]:
+    """Receive units. An unknown variant is created only when the request names its product."""
+    unknown = [
+        r.variant_id for r in restocks if r.variant_id not in ledger.variants and not r.product_id
+    ]
+    if unknown:
+        raise UnknownVariant(*dict.fromkeys(unknown))
+    return [
+        ledger.restock(
+            r.variant_id,
+            r.quantity,
+            product_id=r.product_id,
+            reason=r.reason,
+            reference=r.reference,
+            cause=cause,
+        )
+        for r in restocks
+    ]
+
+
+def adjust(
+    ledger: StockLedger, counts: Sequence[CountRequest], cause: EventRef
+) -> list[StockChange]:
+    """Set each variant's `on_hand` to its physical count. A later count of the same
+    variant in one request wins; a count below what open orders hold is refused."""
+    unknown = [c.variant_id for c in counts if c.variant_id not in ledger.variants]
+    if unknown:
+        raise UnknownVariant(*dict.fromkeys(unknown))
+    for count in counts:
+        reserved = ledger.variants[count.variant_id].reserved
+        if 0 <= count.counted < reserved:  # a negative count is InvalidQuantity
+            raise CountBelowReserved(count.variant_id, count.counted, reserved)
+    return [
+        ledger.adjust(c.variant_id, c.counted, reason=c.reason, reference=c.reference, cause=cause)
+        for c in counts
+    ]
