@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.envelope import EventType
@@ -62,7 +62,27 @@ class Settings(BaseSettings):
     #: On stop, how long the batch in hand may take to commit before it is abandoned.
     shutdown_grace_seconds: float = Field(default=15.0, gt=0)
 
+    #: The HTTP API (`stock run` serves it beside the worker; `stock api` alone).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    #: Bearer tokens accepted for writes, comma-separated. Empty: every write is refused.
+    api_tokens: SecretStr = SecretStr("")
+    #: Also require a token for the GET endpoints under /api/inventory.
+    api_reads_require_token: bool = False
+    #: How long an HTTP request waits out a database outage before answering 503.
+    http_database_timeout_seconds: float = Field(default=5.0, gt=0)
+    #: Database-backed figures of /metrics are read at most this often.
+    metrics_refresh_seconds: float = Field(default=5.0, ge=0)
+    #: Changes buffered per /api/inventory/stream client; one that falls further behind
+    #: is disconnected (it reconnects and re-reads levels) instead of slowing anything.
+    stream_client_buffer: int = Field(default=1000, ge=1)
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+
     log_level: str = "INFO"
+
+    @property
+    def api_token_list(self) -> list[str]:
+        return [t.strip() for t in self.api_tokens.get_secret_value().split(",") if t.strip()]
 
     @property
     def consumed_topics(self) -> dict[str, str]:

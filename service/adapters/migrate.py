@@ -44,3 +44,25 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await connection.run_sync(
             lambda sync: MigrationContext.configure(sync).get_current_revision()
         )
+
+
+async def schema_problem(engine: AsyncEngine) -> str | None:
+    """Why this code cannot run on the database's schema, or None if it can.
+
+    A schema migrated by a newer release (a rolling deploy, or a rollback of this
+    one) is fine: migrations only ever add, so older code runs on a newer schema.
+    """
+    current = await current_revision(engine)
+    head = head_revision()
+    if current == head or (current is not None and not is_known_revision(current)):
+        return None
+    return (
+        f"database schema is at {current or 'nothing'}, this release needs {head}: "
+        "run `stock migrate` first"
+    )
+
+
+async def refuse_outdated_schema(engine: AsyncEngine) -> None:
+    problem = await schema_problem(engine)
+    if problem is not None:
+        raise SystemExit(problem)

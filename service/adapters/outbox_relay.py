@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import asyncpg
 from aiokafka.errors import KafkaError
 
+from service import metrics
 from service.adapters.database import asyncpg_dsn, is_transient
 from service.adapters.tables import OUTBOX_CHANNEL
 from service.outbound import decode_headers
@@ -38,7 +40,9 @@ _LEADER_SESSION_SETTINGS = {
 }
 
 _FETCH = """
-    SELECT id, topic, key, value, headers FROM outbox
+    SELECT id, topic, key, value, headers,
+           extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
+    FROM outbox
     WHERE published_at IS NULL ORDER BY id LIMIT $1
 """
 _MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
@@ -52,6 +56,12 @@ async def _delivery_error(future: asyncio.Future[Any]) -> KafkaError | None:
     except KafkaError as error:
         return error
     return None
+
+
+def _observe_published(rows: list[asyncpg.Record], since_fetch: float) -> None:
+    for row in rows:
+        metrics.OUTBOX_PUBLISHED.labels(row["topic"]).inc()
+        metrics.OUTBOX_PUBLISH_SECONDS.observe(row["age"] + since_fetch)
 
 
 class OutboxRelay:
@@ -125,6 +135,7 @@ class OutboxRelay:
         rows = await conn.fetch(_FETCH, self.settings.outbox_batch_size)
         if not rows:
             return 0
+        fetched_at = time.monotonic()
         in_flight: list[tuple[int, asyncio.Future[Any] | KafkaError]] = []
         for row in rows:
             try:
@@ -155,8 +166,11 @@ class OutboxRelay:
                 parked.append((row_id, repr(error)))
         if sent:
             await conn.execute(_MARK, sent)
+            by_id = {row["id"]: row for row in rows}
+            _observe_published([by_id[i] for i in sent], time.monotonic() - fetched_at)
         if parked:
             await conn.executemany(_PARK, parked)
+            metrics.OUTBOX_PARKED.inc(len(parked))
         self.published_total += len(sent)
         self.parked_total += len(parked)
         if passing_failure is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.envelope import EventType
 from schemas.events import OrderCheckout
+from service import metrics
 from service.adapters import stock_store
 from service.adapters.database import retry_transient
 from service.domain.ledger import StockLedger
@@ -37,6 +39,9 @@ class BatchReport:
     published: int = 0
 
 
+APPLIED, DUPLICATE, DEAD_LETTERED = "applied", "duplicate", "dead_lettered"
+
+
 class BatchConsumer:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
@@ -50,9 +55,21 @@ class BatchConsumer:
 
     async def handle(self, records: Sequence[KafkaRecord]) -> BatchReport:
         """Apply a batch. Waits out database outages; never raises for bad input."""
+        started = time.perf_counter()
+        outcomes: dict[tuple[str, str], int] = {}
+        report = await self._handle(records, outcomes)
+        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        for (topic, outcome), count in outcomes.items():
+            metrics.EVENTS_CONSUMED.labels(topic, outcome).inc(count)
+        return report
+
+    async def _handle(
+        self, records: Sequence[KafkaRecord], outcomes: dict[tuple[str, str], int]
+    ) -> BatchReport:
         items = self.decode(records)
         try:
-            return await self._with_retry(items)
+            return await self._with_retry(items, outcomes)
         except Exception:
             # Something in this batch breaks a rule we did not foresee (a bug, or data
             # the database refuses). Isolate it: apply one message at a time, and
@@ -60,22 +77,24 @@ class BatchConsumer:
             log.exception("batch of %d failed; retrying its messages one by one", len(items))
         report = BatchReport()
         for item in items:
-            report = _add(report, await self._apply_alone(item))
+            report = _add(report, await self._apply_alone(item, outcomes))
         return report
 
-    async def _apply_alone(self, item: InboundEvent | Poison) -> BatchReport:
+    async def _apply_alone(
+        self, item: InboundEvent | Poison, outcomes: dict[tuple[str, str], int]
+    ) -> BatchReport:
         failure: Exception | None = None
         # Twice: some failures happen once per connection (a statement cached before a
         # schema change), and must not cost a valid event its place.
         for _ in range(2):
             try:
-                return await self._with_retry([item])
+                return await self._with_retry([item], outcomes)
             except Exception as error:
                 failure = error
         log.error("message %s failed on its own; dead-lettering it", _where(item), exc_info=failure)
         reason = f"processing failed: {type(failure).__name__}: {failure}"
         try:
-            return await self._with_retry([Poison(item.record, reason)])
+            return await self._with_retry([Poison(item.record, reason)], outcomes)
         except Exception:
             # Not even its dead letter can be written. Pause before failing the batch
             # (Kafka then redelivers it), so a stuck batch never spins the CPU.
@@ -83,15 +102,20 @@ class BatchConsumer:
             await asyncio.sleep(self.settings.retry_max_backoff_seconds)
             raise
 
-    async def _with_retry(self, items: Sequence[InboundEvent | Poison]) -> BatchReport:
+    async def _with_retry(
+        self, items: Sequence[InboundEvent | Poison], outcomes: dict[tuple[str, str], int]
+    ) -> BatchReport:
         return await retry_transient(
-            lambda: self._apply(items),
+            lambda: self._apply(items, outcomes),
             what=f"batch of {len(items)}",
             initial_backoff=self.settings.retry_initial_backoff_seconds,
             max_backoff=self.settings.retry_max_backoff_seconds,
         )
 
-    async def _apply(self, items: Sequence[InboundEvent | Poison]) -> BatchReport:
+    async def _apply(
+        self, items: Sequence[InboundEvent | Poison], outcomes: dict[tuple[str, str], int]
+    ) -> BatchReport:
+        """One transaction; `outcomes` gets (topic, outcome) counts once it commits."""
         events: dict[EventRef, InboundEvent] = {}
         poisons: dict[tuple[str, int, int, int], Poison] = {}
         for item in items:
@@ -110,6 +134,17 @@ class BatchConsumer:
                 messages = await self._decide(conn, fresh, now)
             messages.extend(self.writer.dead_letter(poison) for poison in dead)
             await stock_store.append_outbox(conn, messages)
+        applied = {id(event) for event in fresh}
+        dead_ids = {id(poison) for poison in dead}
+        for item in items:
+            if id(item) in applied:
+                outcome = APPLIED
+            elif id(item) in dead_ids:
+                outcome = DEAD_LETTERED
+            else:
+                outcome = DUPLICATE
+            key = (item.record.topic, outcome)
+            outcomes[key] = outcomes.get(key, 0) + 1
         for poison in dead:
             log.warning("dead-lettered %s: %s", _where(poison), poison.reason)
         if len(dead) < len(poisons):

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import metrics
 from service.adapters import stock_store
 from service.adapters.database import retry_transient
 from service.domain.ledger import StockLedger
@@ -47,6 +48,7 @@ class HoldSweeper:
             if taken < limit:
                 break
         self.expired_total += total
+        metrics.HOLDS_EXPIRED.inc(total)
         return total
 
     async def _sweep_one_at_a_time(

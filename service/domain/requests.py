@@ -42,8 +42,9 @@ class ReservationRequest:
 @dataclass(frozen=True, slots=True)
 class SaleConfirmation:
     reservation_id: str
-    #: Lines the caller expects the reservation to hold; checked, never partial.
-    expected_lines: dict[str, int]
+    #: Lines the caller expects the reservation to hold (None: any quantity). Only
+    #: checked: a reservation is always sold whole, as it was reserved.
+    expected_lines: dict[str, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ def confirm_sales(
     mismatched = {
         c.reservation_id: dict(orders[c.reservation_id].lines)
         for c in confirmations
-        if any(orders[c.reservation_id].lines.get(v) != q for v, q in c.expected_lines.items())
+        if not _holds(orders[c.reservation_id], c.expected_lines)
     }
     if mismatched:
         raise ReservationMismatch(mismatched)
@@ -163,6 +164,13 @@ def confirm_sales(
     if shortages:
         raise InsufficientStock(shortages)
     return list(orders.values())
+
+
+def _holds(order: Order, expected: dict[str, int | None]) -> bool:
+    return all(
+        variant_id in order.lines and quantity in (None, order.lines[variant_id])
+        for variant_id, quantity in expected.items()
+    )
 
 
 def release(

@@ -1,4 +1,4 @@
-"""`stock`: migrate, run the worker, run the embedded dev stack, restock, adjust, show."""
+"""`stock`: migrate, run the worker and its HTTP API, the embedded dev stack, admin, docs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pydantic import SecretStr
 
 from service.settings import Settings
 
@@ -43,9 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
     migrate.set_defaults(handler=_migrate)
 
-    run = commands.add_parser("run", help="run the worker (STOCK_DATABASE_URL, STOCK_KAFKA_*)")
+    run = commands.add_parser(
+        "run", help="run the worker and the HTTP API (STOCK_DATABASE_URL, STOCK_KAFKA_*, ...)"
+    )
     run.add_argument("--no-sweeper", action="store_true", help="do not expire holds here")
+    run.add_argument("--no-api", action="store_true", help="the worker alone, no HTTP server")
     run.set_defaults(handler=_run)
+
+    api = commands.add_parser("api", help="run the HTTP API alone (no consumer, no relay)")
+    api.set_defaults(handler=_api)
+
+    docs = commands.add_parser("docs", help="write the API documents")
+    docs.add_argument("kind", choices=["asyncapi", "openapi"])
+    docs.add_argument("--yaml", action="store_true", help="YAML instead of JSON (asyncapi)")
+    docs.add_argument("--output", "-o", type=Path, help="file to write (default: stdout)")
+    docs.set_defaults(handler=_docs)
 
     dev = commands.add_parser(
         "dev", help="embedded PostgreSQL + tansu broker + sample catalogue, then run"
@@ -110,29 +124,60 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from service.entrypoints.worker import Worker
+    from service.entrypoints.process import StockProcess
 
-    asyncio.run(Worker(settings, sweep=not args.no_sweeper).run_until_signalled())
+    process = StockProcess(settings, api=not args.no_api, sweep=not args.no_sweeper)
+    asyncio.run(process.run_until_signalled())
+    return 0
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    from service.entrypoints.process import StockProcess
+
+    asyncio.run(StockProcess(settings, worker=False).run_until_signalled())
+    return 0
+
+
+def _docs(args: argparse.Namespace, settings: Settings) -> int:
+    if args.kind == "asyncapi":
+        from service.entrypoints.asyncapi import asyncapi_specification
+
+        spec = asyncapi_specification(settings)
+        text = spec.to_yaml() if args.yaml else spec.to_json()
+    else:
+        from service.entrypoints.http.app import create_app
+        from service.entrypoints.http.services import ApiServices
+
+        app = create_app(ApiServices.build(settings, engine=None))  # type: ignore[arg-type]
+        text = json.dumps(app.openapi(), indent=2)
+    if args.output:
+        args.output.write_text(text + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text)
     return 0
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from service.adapters.migrate import upgrade_to_head
     from service.devstack.servers import EmbeddedPostgres, TansuBroker, port_is_free
-    from service.entrypoints.worker import Worker
+    from service.entrypoints.process import StockProcess
 
     postgres = EmbeddedPostgres(args.data_dir.resolve() / "pg")
     broker = TansuBroker(args.kafka_port if port_is_free(args.kafka_port) else None)
     database_url = postgres.start()
     try:
         bootstrap = broker.start()
+        token = settings.api_token_list[0] if settings.api_token_list else _dev_token(args.data_dir)
         settings = settings.model_copy(
             update={
                 "database_url": database_url,
                 "kafka_bootstrap_servers": bootstrap,
                 "kafka_enable_idempotence": False,
+                "api_tokens": SecretStr(",".join(settings.api_token_list or [token])),
             }
         )
+        api = f"http://{settings.http_host}:{settings.http_port}"
         upgrade_to_head(database_url)
         added = asyncio.run(_load_catalogue(settings))
         print(
@@ -145,20 +190,39 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
                     f"  catalogue   {added} sample variants added this time",
                     f"  consumes    {', '.join(settings.consumed_topics)}",
                     f"  publishes   {', '.join(settings.published_topics)}",
+                    f"  HTTP API    {api}  (docs {api}/docs, AsyncAPI {api}/asyncapi)",
+                    f"  API token   {token}",
                     "  From another shell:",
                     f"    export STOCK_DATABASE_URL='{database_url}'",
+                    f"    export STOCK_TOKEN={token}",
                     "    .venv/bin/stock show tshirt-classic-black-m",
+                    f"    curl -s {api}/api/inventory/check/tshirt-classic-black-m?quantity=2",
                     "  Ctrl-C stops the worker, the broker and the database.",
                     "",
                 ]
             ),
             flush=True,
         )
-        asyncio.run(Worker(settings).run_until_signalled())
+        asyncio.run(StockProcess(settings).run_until_signalled())
     finally:
         broker.stop()
         postgres.stop()
     return 0
+
+
+def _dev_token(data_dir: Path) -> str:
+    """A generated token, kept in the data directory so that a shell's
+    `export STOCK_TOKEN=...` keeps working when `stock dev` restarts."""
+    import secrets
+
+    path = data_dir / "token"
+    if path.exists():
+        return path.read_text().strip()
+    token = f"dev-{secrets.token_urlsafe(24)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
 
 
 async def _load_catalogue(settings: Settings) -> int:

@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
 from typing import Any
 
+from aiokafka import TopicPartition
 from faststream import AckPolicy, Context
 from faststream.kafka import KafkaBroker
 
 from service.adapters.database import create_engine
 from service.adapters.kafka import create_producer, ensure_topics
-from service.adapters.migrate import current_revision, head_revision, is_known_revision
+from service.adapters.migrate import refuse_outdated_schema
 from service.adapters.outbox_relay import OutboxRelay
 from service.application.consume import BatchConsumer
 from service.application.expiry import HoldSweeper
@@ -85,6 +85,7 @@ class Worker:
         self.producer: Any = None  # aiokafka wants a running loop: made in start()
         self.relay: OutboxRelay | None = None
         self.broker = build_broker(settings, self.consumer)
+        [self.subscriber] = self.broker.subscribers
         self._sweep = sweep
         self._relay = relay
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,29 +122,29 @@ class Worker:
             self.producer = None
         await self.engine.dispose()
 
-    async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await self.start()
-        try:
-            await stop.wait()
-            log.info("stopping: finishing the batch in hand, then committing")
-        finally:
-            await self.stop()
-
     async def _check_schema(self) -> None:
-        current = await current_revision(self.engine)
-        head = head_revision()
-        if current == head:
-            return
-        if current is not None and not is_known_revision(current):
-            # Migrated by a newer release (a rolling deploy, or a rollback of this one):
-            # migrations only ever add, so an older worker runs on a newer schema.
-            log.warning("database schema %s is newer than this worker's %s", current, head)
-            return
-        raise SystemExit(
-            f"database schema is at {current or 'nothing'}, this worker needs {head}: "
-            "run `stock migrate` first"
-        )
+        await refuse_outdated_schema(self.engine)
+
+    def consumer_assignment(self) -> set[TopicPartition]:
+        """The partitions this worker's consumer holds now (empty while rebalancing)."""
+        consumer = self._kafka_consumer()
+        return set(consumer.assignment()) if consumer is not None else set()
+
+    async def consumer_lag(self) -> dict[TopicPartition, int]:
+        """Records past the consumer's position, per assigned partition, from what the
+        consumer already knows (the high watermark of its last fetch): no round trip."""
+        consumer = self._kafka_consumer()
+        lag: dict[TopicPartition, int] = {}
+        if consumer is None:
+            return lag
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            with contextlib.suppress(Exception):
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+                lag[tp] = max(highwater - position, 0)
+        return lag
+
+    def _kafka_consumer(self) -> Any:
+        return getattr(self.subscriber, "consumer", None)

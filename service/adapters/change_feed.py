@@ -1,0 +1,197 @@
+"""Tails `stock.changed` from Kafka and fans it out to live subscribers (the SSE stream).
+
+It reads what was published, not what this process wrote: every change of every
+worker reaches every API process, after it committed. No consumer group: each API
+process reads every partition from its end, and nothing it does affects the workers.
+
+Each subscriber has a bounded buffer. One that reads too slowly is cut off (it is
+told so, and reconnects) rather than buffered without end or allowed to hold up
+the others: the feed never waits for a subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from service import metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedChange:
+    """One `stock.changed` CloudEvent as it was published."""
+
+    event_id: str
+    variant_id: str
+    product_id: str
+    data: dict[str, Any]
+
+
+class SubscriberTooSlow(Exception):
+    """The subscriber's buffer overflowed; it has missed changes."""
+
+
+class FeedClosed(Exception):
+    """The process is stopping: subscribers end their streams."""
+
+
+class Subscription:
+    def __init__(
+        self, capacity: int, variant_ids: Collection[str], product_ids: Collection[str]
+    ) -> None:
+        self._capacity = capacity
+        self._variant_ids = frozenset(variant_ids)
+        self._product_ids = frozenset(product_ids)
+        self._items: deque[PublishedChange] = deque()
+        self._ready = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+
+    def wants(self, change: PublishedChange) -> bool:
+        if not self._variant_ids and not self._product_ids:
+            return True
+        return change.variant_id in self._variant_ids or change.product_id in self._product_ids
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    def offer(self, change: PublishedChange) -> None:
+        if self.overflowed:
+            return
+        if len(self._items) >= self._capacity:
+            self.overflowed = True
+            self._items.clear()
+            metrics.STREAM_DROPPED.inc()
+        else:
+            self._items.append(change)
+        self._ready.set()
+
+    async def next(self, wait_seconds: float) -> PublishedChange | None:
+        """The next change, or None after `wait_seconds` without one."""
+        if not self._items and not self.overflowed and not self.closed:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), wait_seconds)
+        if self.closed:
+            raise FeedClosed
+        if self.overflowed:
+            raise SubscriberTooSlow
+        return self._items.popleft() if self._items else None
+
+
+class StockChangeFeed:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic_stock_changed
+        self._subscriptions: set[Subscription] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.tailing = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run_forever(), name="stock-change-feed")
+
+    def close(self) -> None:
+        """End every subscriber's stream (before the HTTP server stops)."""
+        for subscription in self._subscriptions:
+            subscription.close()
+
+    async def stop(self) -> None:
+        self.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def subscribe(
+        self, variant_ids: Collection[str] = (), product_ids: Collection[str] = ()
+    ) -> Subscription:
+        subscription = Subscription(self.settings.stream_client_buffer, variant_ids, product_ids)
+        self._subscriptions.add(subscription)
+        metrics.STREAM_CLIENTS.set(len(self._subscriptions))
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+        metrics.STREAM_CLIENTS.set(len(self._subscriptions))
+
+    async def broker_reachable(self, wait_seconds: float = 2.0) -> bool:
+        """A metadata round trip through the feed's connection."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        try:
+            await asyncio.wait_for(consumer.topics(), wait_seconds)
+        except Exception:
+            return False
+        return True
+
+    async def _run_forever(self) -> None:
+        backoff = self.settings.retry_initial_backoff_seconds
+        while True:
+            try:
+                await self._tail()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("stock change feed interrupted (%s); retry in %.1fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff_seconds)
+
+    async def _tail(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"{self.settings.kafka_client_id}-feed",
+            group_id=None,
+            enable_auto_commit=False,
+            # Changes are pushed as soon as the relay publishes them.
+            fetch_max_wait_ms=100,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            await consumer.topics()  # loads the metadata partitions_for_topic reads
+            partitions = consumer.partitions_for_topic(self.topic)
+            if not partitions:
+                raise RuntimeError(f"topic {self.topic!r} does not exist yet")
+            assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(assigned)
+            await consumer.seek_to_end(*assigned)
+            for tp in assigned:
+                await consumer.position(tp)  # resolve "the end" now, not at first fetch
+            self.tailing.set()
+            log.info("stock change feed tailing %s (%d partitions)", self.topic, len(assigned))
+            async for record in consumer:
+                change = _parse(record.value)
+                if change is None:
+                    continue
+                for subscription in list(self._subscriptions):
+                    if subscription.wants(change):
+                        subscription.offer(change)
+        finally:
+            self.tailing.clear()
+            self._consumer = None
+            await consumer.stop()
+
+
+def _parse(value: bytes | None) -> PublishedChange | None:
+    try:
+        event = json.loads(value or b"")
+        data = event["data"]
+        return PublishedChange(str(event["id"]), data["variant_id"], data["product_id"], data)
+    except (ValueError, KeyError, TypeError):
+        log.warning("unreadable message on the stock.changed topic; not streamed")
+        return None

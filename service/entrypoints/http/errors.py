@@ -1,0 +1,138 @@
+"""Every error as `{"code", "message", "details"}`, with its status; never a trace or SQL."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.adapters.database import TransientDatabaseError, is_transient
+from service.domain.errors import (
+    CountBelowReserved,
+    DomainError,
+    InsufficientStock,
+    ReservationClosed,
+    ReservationMismatch,
+    UnknownProduct,
+    UnknownReservation,
+    UnknownVariant,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE = {
+    UnknownVariant.code: 404,
+    UnknownProduct.code: 404,
+    UnknownReservation.code: 404,
+    InsufficientStock.code: 409,
+    CountBelowReserved.code: 409,
+    ReservationClosed.code: 409,
+    ReservationMismatch.code: 409,
+}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class Unauthorized(Exception):
+    """No bearer token, or one that is not in STOCK_API_TOKENS."""
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"code": code, "message": message, "details": details}, status_code=status, headers=headers
+    )
+
+
+def details_of(error: DomainError) -> Any:
+    if isinstance(error, InsufficientStock):
+        return {
+            "shortages": [
+                {"variantId": s.variant_id, "requested": s.requested, "available": s.available}
+                for s in error.shortages
+            ]
+        }
+    if isinstance(error, UnknownVariant):
+        return {"variantIds": list(error.variant_ids)}
+    if isinstance(error, UnknownReservation):
+        return {"reservationIds": list(error.reservation_ids)}
+    if isinstance(error, UnknownProduct):
+        return {"productId": error.product_id}
+    if isinstance(error, CountBelowReserved):
+        return {"variantId": error.variant_id, "counted": error.counted, "reserved": error.reserved}
+    if isinstance(error, ReservationClosed):
+        return {
+            "reservations": [
+                {"reservationId": r, "status": status} for r, status in error.statuses.items()
+            ]
+        }
+    if isinstance(error, ReservationMismatch):
+        return {
+            "reservations": [
+                {
+                    "reservationId": r,
+                    "lines": [{"variantId": v, "quantity": q} for v, q in lines.items()],
+                }
+                for r, lines in error.held.items()
+            ]
+        }
+    return None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, error: DomainError) -> JSONResponse:
+        status = STATUS_BY_CODE.get(error.code, 422)
+        return error_response(status, error.code, str(error), details_of(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # Location, message and type of each problem; not the input (it may be huge).
+        problems = [
+            {"location": list(e.get("loc", ())), "message": e.get("msg"), "type": e.get("type")}
+            for e in error.errors()
+        ]
+        first = problems[0] if problems else {"location": [], "message": "invalid request"}
+        where = ".".join(str(part) for part in first["location"])
+        return error_response(
+            422, "validation_failed", f"{where}: {first['message']}".lstrip(": "), problems
+        )
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, error: Unauthorized) -> JSONResponse:
+        return error_response(
+            401, "unauthorized", str(error), headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(error.status_code, "http_error")
+        return error_response(
+            error.status_code, code, str(error.detail), headers=getattr(error, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, TransientDatabaseError) or is_transient(error):
+            log.warning("%s %s: database unavailable (%s)", request.method, request.url.path, error)
+            return error_response(
+                503,
+                "database_unavailable",
+                "the database is unavailable; try again shortly",
+                headers={"Retry-After": "1"},
+            )
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error; the log has the details")

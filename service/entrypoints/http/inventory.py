@@ -1,0 +1,288 @@
+"""/api/inventory: the seed's REST endpoints, translated onto StockCommands and StockQueries.
+
+No rule lives here: a route turns its body into domain requests, calls one command
+or query, and turns the answer into the seed's camelCase shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query
+
+from schemas.events import MAX_QUANTITY
+from service.application.queries import StockLevel
+from service.domain.errors import DomainError
+from service.domain.model import Order, StockChange
+from service.domain.requests import (
+    CountRequest,
+    ReleaseRequest,
+    ReservationRequest,
+    RestockRequest,
+    SaleConfirmation,
+)
+from service.entrypoints.http import models
+from service.entrypoints.http.auth import require_read_token, require_write_token
+from service.entrypoints.http.models import ErrorBody
+from service.entrypoints.http.services import ApiServices, services
+
+VariantId = Annotated[
+    str, Path(alias="variantId", min_length=1, max_length=200, pattern=r"^[^\x00]+$")
+]
+ProductId = Annotated[
+    str, Path(alias="productId", min_length=1, max_length=200, pattern=r"^[^\x00]+$")
+]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Entries per page.")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=300, description="`nextCursor` of the previous page."),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        pattern=r"^[^\x00]+$",
+        description="Retry-safe: a request repeated with the same key is applied once "
+        "and answered with the changes it made.",
+    ),
+]
+Services = Annotated[ApiServices, Depends(services)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (401, "No valid bearer token (`unauthorized`)."),
+        (404, "`unknown_variant`, `unknown_reservation` or `unknown_product`."),
+        (409, "`insufficient_stock` (with shortages), `reservation_closed`, "
+         "`reservation_mismatch` or `count_below_reserved`."),
+        (422, "`validation_failed` and other invalid input."),
+        (503, "`database_unavailable`: try again."),
+    )
+}
+
+reads = APIRouter(dependencies=[Depends(require_read_token)], responses=_ERRORS)
+writes = APIRouter(dependencies=[Depends(require_write_token)], responses=_ERRORS)
+
+
+class InvalidExpiry(DomainError):
+    code = "invalid_expiry"
+
+
+@reads.get("/check/{variantId}", response_model=models.Availability)
+async def check_availability(
+    svc: Services,
+    variant_id: VariantId,
+    quantity: Annotated[int, Query(ge=1, le=MAX_QUANTITY)] = 1,
+) -> models.Availability:
+    """Can `quantity` units be reserved now? (A hint: the reservation decides.)"""
+    level = await svc.queries.stock_level(variant_id)
+    return models.Availability(
+        available=level.available >= quantity,
+        variant_id=level.variant_id,
+        requested_quantity=quantity,
+        available_quantity=level.available,
+    )
+
+
+@writes.post("/reserve", response_model=models.Reservations)
+async def reserve(svc: Services, body: models.ReserveBody) -> models.Reservations:
+    """Hold stock for checkouts; lines sharing a `reservationId` form one reservation.
+
+    All or nothing over the whole request. Idempotent per `reservationId`: repeating
+    it with the same lines answers the reservation as it stands."""
+    now = datetime.now(UTC)
+    default_expiry = now + timedelta(seconds=svc.settings.reservation_ttl_seconds)
+    grouped: dict[str, tuple[dict[str, int], datetime | None]] = {}
+    for line in body.reservations:
+        lines, expires_at = grouped.get(line.reservation_id, ({}, None))
+        lines[line.variant_id] = lines.get(line.variant_id, 0) + line.quantity
+        if line.expires_at is not None:
+            if line.expires_at <= now:
+                raise InvalidExpiry(f"expiresAt {line.expires_at.isoformat()} is in the past")
+            expires_at = min(expires_at or line.expires_at, line.expires_at)
+        grouped[line.reservation_id] = (lines, expires_at)
+    orders = await svc.commands.reserve(
+        [
+            ReservationRequest(reservation_id, lines, expires_at or default_expiry)
+            for reservation_id, (lines, expires_at) in grouped.items()
+        ]
+    )
+    return _reservations(orders)
+
+
+@writes.post("/confirm-sale", response_model=models.Reservations)
+async def confirm_sale(svc: Services, body: models.ReservationUpdatesBody) -> models.Reservations:
+    """Sell reserved stock (payment succeeded). A reservation is sold whole; lines named
+    in the request are checked against it. All or nothing."""
+    expected: dict[str, dict[str, int | None]] = {}
+    for update in body.updates:
+        lines = expected.setdefault(update.reservation_id, {})
+        if update.variant_id is not None:
+            lines[update.variant_id] = update.quantity
+    orders = await svc.commands.confirm_sales(
+        [SaleConfirmation(reservation_id, lines) for reservation_id, lines in expected.items()]
+    )
+    return _reservations(orders)
+
+
+@writes.post("/release", response_model=models.Reservations)
+async def release(svc: Services, body: models.ReservationUpdatesBody) -> models.Reservations:
+    """Give reserved stock back (cart abandoned, payment given up). All or nothing."""
+    notes: dict[str, str | None] = {}
+    for update in body.updates:
+        notes[update.reservation_id] = notes.get(update.reservation_id) or update.reason
+    orders = await svc.commands.release(
+        [ReleaseRequest(reservation_id, note) for reservation_id, note in notes.items()]
+    )
+    return _reservations(orders)
+
+
+@writes.post("/restock", response_model=models.Changes)
+async def restock(
+    svc: Services,
+    body: models.RestockBody,
+    idempotency_key: IdempotencyKey = None,
+) -> models.Changes:
+    """Add received units. A new variant needs `productId`. All or nothing."""
+    changes = await svc.commands.restock(
+        [
+            RestockRequest(u.variant_id, u.quantity, u.product_id, u.reason, u.reference)
+            for u in body.updates
+        ],
+        idempotency_key=idempotency_key,
+    )
+    return _changes(changes)
+
+
+@writes.put("/adjust", response_model=models.Changes)
+async def adjust(
+    svc: Services,
+    body: models.AdjustBody,
+    idempotency_key: IdempotencyKey = None,
+) -> models.Changes:
+    """Set `onHand` to a physical count, with the reason. All or nothing."""
+    changes = await svc.commands.adjust(
+        [CountRequest(u.variant_id, u.quantity, u.reason, u.reference) for u in body.updates],
+        idempotency_key=idempotency_key,
+    )
+    return _changes(changes)
+
+
+@reads.get("/alerts/low-stock", response_model=models.LowStock)
+async def low_stock(
+    svc: Services,
+    threshold: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_QUANTITY, description="Default: each variant's own threshold."),
+    ] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> models.LowStock:
+    """Variants with `available <= threshold`, least available first."""
+    page = await svc.queries.low_stock(threshold, limit, cursor)
+    return models.LowStock(
+        threshold=threshold,
+        variants=[_variant(level) for level in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@reads.get("/product/{productId}", response_model=models.ProductReport)
+async def product_report(
+    svc: Services, product_id: ProductId
+) -> models.ProductReport:
+    """Total stock, low-stock count and every variant of a product."""
+    product = await svc.queries.product(product_id)
+    return models.ProductReport(
+        product_id=product.product_id,
+        total_on_hand=product.on_hand,
+        total_reserved=product.reserved,
+        total_available=product.available,
+        low_stock_count=product.low_stock_count,
+        variant_count=len(product.variants),
+        variants=[_variant(level) for level in product.variants],
+    )
+
+
+@reads.get("/logs/{variantId}", response_model=models.AuditLog)
+async def audit_log(
+    svc: Services,
+    variant_id: VariantId,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> models.AuditLog:
+    """The audit trail of a variant, newest first; `nextCursor` pages further back."""
+    page = await svc.queries.audit_trail(variant_id, limit, cursor)
+    return models.AuditLog(
+        variant_id=variant_id,
+        entries=[
+            models.AuditEntry(
+                version=row["version"],
+                change_type=row["change_type"],
+                delta_on_hand=row["delta_on_hand"],
+                delta_reserved=row["delta_reserved"],
+                on_hand_after=row["on_hand_after"],
+                reserved_after=row["reserved_after"],
+                reason=row["reason"],
+                reference=row["reference"],
+                source=row["source_event_source"],
+                event_id=row["source_event_id"],
+                created_at=row["created_at"],
+            )
+            for row in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )
+
+
+def _reservations(orders: Iterable[Order]) -> models.Reservations:
+    return models.Reservations(
+        reservations=[
+            models.Reservation(
+                reservation_id=order.order_id,
+                status=order.phase.value,
+                expires_at=order.expires_at,
+                lines=[models.Line(variant_id=v, quantity=q) for v, q in order.lines.items()],
+                reason=order.reason,
+            )
+            for order in orders
+        ]
+    )
+
+
+def _changes(changes: Iterable[StockChange]) -> models.Changes:
+    return models.Changes(
+        changes=[
+            models.StockChangeOut(
+                variant_id=c.variant_id,
+                product_id=c.product_id,
+                change_type=c.change_type.value,
+                delta_on_hand=c.delta_on_hand,
+                delta_reserved=c.delta_reserved,
+                on_hand=c.on_hand,
+                reserved=c.reserved,
+                available=c.available,
+                version=c.version,
+                reason=c.reason,
+                reference=c.reference,
+            )
+            for c in changes
+        ]
+    )
+
+
+def _variant(level: StockLevel) -> models.VariantStock:
+    return models.VariantStock(
+        variant_id=level.variant_id,
+        product_id=level.product_id,
+        on_hand=level.on_hand,
+        reserved=level.reserved,
+        available=level.available,
+        low_stock_threshold=level.low_stock_threshold,
+        is_low=level.is_low,
+        version=level.version,
+        updated_at=level.updated_at,
+    )

@@ -1,0 +1,184 @@
+"""Request and response bodies of /api/inventory: the seed's shapes, camelCase JSON.
+
+Requests refuse unknown fields (a misspelt `reservationID` is a 422, not a silently
+ignored line) and carry the same bounds as the Kafka events (`schemas.events`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from schemas.events import MAX_QUANTITY, Identifier, Quantity
+
+MAX_ITEMS_PER_REQUEST = 1000
+Text = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")]
+Count = Annotated[int, Field(ge=0, le=MAX_QUANTITY, strict=True)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+def _items(model: Any) -> Any:
+    return Annotated[list[model], Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)]
+
+
+# ------------------------------------------------------------------ requests
+
+
+class ReservationLine(_Body):
+    variant_id: Identifier
+    quantity: Quantity
+    #: The order id: lines with the same reservationId form one reservation.
+    reservation_id: Identifier
+    #: Default: now plus STOCK_RESERVATION_TTL_SECONDS.
+    expires_at: AwareDatetime | None = None
+
+
+class ReserveBody(_Body):
+    reservations: _items(ReservationLine)  # type: ignore[valid-type]
+
+
+class ReservationUpdate(_Body):
+    reservation_id: Identifier
+    #: Optional: when given, the reservation must hold this line.
+    variant_id: Identifier | None = None
+    quantity: Quantity | None = None
+    reason: Text | None = None
+
+
+class ReservationUpdatesBody(_Body):
+    updates: _items(ReservationUpdate)  # type: ignore[valid-type]
+
+
+class RestockLine(_Body):
+    variant_id: Identifier
+    quantity: Quantity
+    reason: Text | None = None
+    #: Needed only for a variant that does not exist yet: it is created under it.
+    product_id: Identifier | None = None
+    reference: Text | None = None
+
+
+class RestockBody(_Body):
+    updates: _items(RestockLine)  # type: ignore[valid-type]
+
+
+class CountLine(_Body):
+    variant_id: Identifier
+    #: The counted quantity: `onHand` becomes this.
+    quantity: Count
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00]+$")]
+    reference: Text | None = None
+
+
+class AdjustBody(_Body):
+    updates: _items(CountLine)  # type: ignore[valid-type]
+
+
+# ----------------------------------------------------------------- responses
+
+
+class Availability(_Answer):
+    available: bool
+    variant_id: str
+    requested_quantity: int
+    available_quantity: int
+
+
+class Line(_Answer):
+    variant_id: str
+    quantity: int
+
+
+class Reservation(_Answer):
+    reservation_id: str
+    status: str
+    expires_at: datetime | None
+    lines: list[Line]
+    reason: str | None = None
+
+
+class Reservations(_Answer):
+    reservations: list[Reservation]
+
+
+class StockChangeOut(_Answer):
+    variant_id: str
+    product_id: str
+    change_type: str
+    delta_on_hand: int
+    delta_reserved: int
+    on_hand: int
+    reserved: int
+    available: int
+    version: int
+    reason: str | None
+    reference: str | None
+
+
+class Changes(_Answer):
+    changes: list[StockChangeOut]
+
+
+class VariantStock(_Answer):
+    variant_id: str
+    product_id: str
+    on_hand: int
+    reserved: int
+    available: int
+    low_stock_threshold: int
+    is_low: bool
+    version: int
+    updated_at: datetime | None
+
+
+class LowStock(_Answer):
+    #: The threshold asked for; null means each variant's own threshold.
+    threshold: int | None
+    variants: list[VariantStock]
+    next_cursor: str | None
+
+
+class ProductReport(_Answer):
+    product_id: str
+    total_on_hand: int
+    total_reserved: int
+    total_available: int
+    low_stock_count: int
+    variant_count: int
+    variants: list[VariantStock]
+
+
+class AuditEntry(_Answer):
+    version: int
+    change_type: str
+    delta_on_hand: int
+    delta_reserved: int
+    on_hand_after: int
+    reserved_after: int
+    reason: str | None
+    reference: str | None
+    source: str | None
+    event_id: str | None
+    created_at: datetime
+
+
+class AuditLog(_Answer):
+    variant_id: str
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None

@@ -1,0 +1,67 @@
+"""GET /api/inventory/stream: `stock.changed` as Server-Sent Events, as it is published.
+
+Each event is `event: stock.changed`, `id: <CloudEvent id>`, and `data:` the
+contract's `stock.changed` data (the same JSON as on Kafka). Comments keep idle
+connections open through proxies. A client that falls `STOCK_STREAM_CLIENT_BUFFER`
+changes behind gets `event: overflow` and is disconnected; it reconnects and
+re-reads the levels it shows (its `version`s say what is current).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from service.adapters.change_feed import FeedClosed, SubscriberTooSlow, Subscription
+from service.entrypoints.http.auth import require_read_token
+from service.entrypoints.http.services import ApiServices, services
+
+router = APIRouter(dependencies=[Depends(require_read_token)])
+
+Ids = Annotated[list[str], Query(max_length=100)]
+
+
+@router.get(
+    "/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "SSE stream"}},
+)
+async def stream_stock_changes(
+    svc: Annotated[ApiServices, Depends(services)],
+    variant_id: Annotated[Ids, Query(alias="variantId")] = [],  # noqa: B006
+    product_id: Annotated[Ids, Query(alias="productId")] = [],  # noqa: B006
+) -> StreamingResponse:
+    """Live `stock.changed` events, optionally only for some variants or products
+    (repeat `variantId` / `productId` for several; a change matching either is sent)."""
+    subscription = svc.feed.subscribe(variant_id, product_id)
+    return StreamingResponse(
+        _events(svc, subscription),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(svc: ApiServices, subscription: Subscription) -> AsyncIterator[str]:
+    try:
+        yield ": stock.changed stream open\n\n"
+        while True:
+            try:
+                change = await subscription.next(svc.settings.stream_heartbeat_seconds)
+            except SubscriberTooSlow:
+                yield 'event: overflow\ndata: {"reason": "client too slow; reconnect"}\n\n'
+                return
+            except FeedClosed:
+                return
+            if change is None:
+                yield ": keepalive\n\n"
+                continue
+            yield (
+                f"event: stock.changed\nid: {change.event_id}\n"
+                f"data: {json.dumps(change.data, separators=(',', ':'))}\n\n"
+            )
+    finally:
+        svc.feed.unsubscribe(subscription)

@@ -1,0 +1,63 @@
+"""Prometheus metrics: what the worker counts as it goes, and what `/metrics` reads on scrape.
+
+Counters and histograms are updated on the hot path (cheap: a lock and an add).
+Figures that live in the database (outbox backlog, reservations by status, dead
+letters) and the consumer's lag are read when `/metrics` is scraped, at most once
+per `STOCK_METRICS_REFRESH_SECONDS`, so a busy scraper cannot load the database.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# `*_created` series double the output and no dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+EVENTS_CONSUMED = Counter(
+    "stock_events_consumed",
+    "Consumed Kafka records by topic and outcome (applied, duplicate, dead_lettered).",
+    ["topic", "outcome"],
+)
+BATCH_SIZE = Histogram(
+    "stock_batch_size",
+    "Records per consumed batch.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
+BATCH_SECONDS = Histogram(
+    "stock_batch_handling_seconds",
+    "Time to handle one consumed batch, database commit included.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CONSUMER_LAG = Gauge(
+    "stock_consumer_lag",
+    "Records on the partition past this consumer's position (high watermark - position).",
+    ["topic", "partition"],
+)
+OUTBOX_BACKLOG = Gauge("stock_outbox_backlog", "Outbox rows not yet published to Kafka.")
+OUTBOX_PUBLISHED = Counter(
+    "stock_outbox_published", "Outbox rows Kafka acknowledged, by topic.", ["topic"]
+)
+OUTBOX_PARKED = Counter(
+    "stock_outbox_parked", "Outbox rows Kafka refused for good (kept with their error)."
+)
+OUTBOX_PUBLISH_SECONDS = Histogram(
+    "stock_outbox_publish_latency_seconds",
+    "From the commit that wrote an outbox row to Kafka's acknowledgement of it.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+DEAD_LETTERS = Gauge("stock_dead_letters", "Records ever dead-lettered (rows of dead_letters).")
+RESERVATIONS = Gauge("stock_reservations", "Orders by reservation status.", ["status"])
+HOLDS_EXPIRED = Counter("stock_holds_expired", "Reservations released because their hold expired.")
+HTTP_REQUESTS = Counter(
+    "stock_http_requests", "HTTP requests by route and status.", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "stock_http_request_seconds",
+    "HTTP request handling time by route.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STREAM_CLIENTS = Gauge("stock_stream_clients", "Open /api/inventory/stream connections.")
+STREAM_DROPPED = Counter(
+    "stock_stream_clients_dropped", "Stream clients disconnected because they read too slowly."
+)
