@@ -28,13 +28,13 @@ def create_app(services: ApiServices) -> FastAPI:
     install_error_handlers(app)
     #: Route templates by endpoint, for metric labels (one series per route, not per URL).
     templates: dict[object, str] = {}
-    for router, prefix, tags in (
-        (inventory.reads, "/api/inventory", ["inventory"]),
-        (inventory.writes, "/api/inventory", ["inventory"]),
-        (stream.router, "/api/inventory", ["inventory"]),
-        (operations.router, "", ["operations"]),
+    for router, prefix, tag in (
+        (inventory.reads, "/api/inventory", "inventory"),
+        (inventory.writes, "/api/inventory", "inventory"),
+        (stream.router, "/api/inventory", "inventory"),
+        (operations.router, "", "operations"),
     ):
-        app.include_router(router, prefix=prefix, tags=tags)
+        app.include_router(router, prefix=prefix, tags=[tag])
         for route in router.routes:
             templates[getattr(route, "endpoint", None)] = prefix + getattr(route, "path", "")
 
