@@ -28,6 +28,8 @@ from service.domain.model import EventRef, Order, OrderPhase, Shortage, StockCha
 
 #: A repeated reserve answers with the reservation as it stands while it holds or sold.
 _ANSWERED_AS_IS = frozenset({OrderPhase.RESERVED, OrderPhase.CONFIRMED})
+#: Confirming these takes the stock again (the hold was given back).
+_TAKES_STOCK_AGAIN = frozenset({OrderPhase.RELEASED, OrderPhase.EXPIRED})
 #: Confirming these cannot succeed: the order was refused, cancelled or refunded.
 _UNCONFIRMABLE = frozenset({OrderPhase.REJECTED, OrderPhase.RETURNED, OrderPhase.CONFIRM_FAILED})
 
@@ -110,10 +112,15 @@ def reserve(
 
 
 def _check_can_hold(ledger: StockLedger, requests: Sequence[ReservationRequest]) -> None:
-    """Every short variant, counted over all the requests together."""
+    _check_available(ledger, [request.lines for request in requests])
+
+
+def _check_available(ledger: StockLedger, line_sets: Sequence[dict[str, int]]) -> None:
+    """Every short variant, counted over all the line sets together (so two orders
+    that each fit alone but not together are refused, with their total)."""
     wanted: dict[str, int] = {}
-    for request in requests:
-        for variant_id, quantity in request.lines.items():
+    for lines in line_sets:
+        for variant_id, quantity in lines.items():
             wanted[variant_id] = wanted.get(variant_id, 0) + quantity
     unknown = [v for v in wanted if v not in ledger.variants]
     if unknown:
@@ -152,17 +159,10 @@ def confirm_sales(
     }
     if closed:
         raise ReservationClosed(closed, "it cannot be sold")
-    first_outcome = len(ledger.outcomes)
+    # Lapsed holds take their stock again: all of them together, or none.
+    _check_available(ledger, [o.lines for o in orders.values() if o.phase in _TAKES_STOCK_AGAIN])
     for order_id in orders:
         ledger.payment_succeeded(order_id, cause)
-    shortages = tuple(
-        shortage
-        for outcome in ledger.outcomes[first_outcome:]
-        if outcome.status.value == OrderPhase.CONFIRM_FAILED.value
-        for shortage in outcome.shortages
-    )
-    if shortages:
-        raise InsufficientStock(shortages)
     return list(orders.values())
 
 

@@ -243,3 +243,17 @@ async def test_cli_migrate_brings_a_fresh_database_to_head_and_is_idempotent(
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def test_cli_writes_the_asyncapi_and_openapi_documents(tmp_path) -> None:
+    code, out, err = await _stock("postgresql://unused@127.0.0.1:1/none", "docs", "asyncapi")
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["asyncapi"].startswith("3.")
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert {"order.checkout", "payment.succeeded", "stock.changed", "stock.dlq"} <= addresses
+    target = tmp_path / "openapi.json"
+    code, _, err = await _stock("postgresql://unused@127.0.0.1:1/none", "docs", "openapi",
+                                "-o", str(target))
+    assert code == 0, err
+    assert "/api/inventory/reserve" in json.loads(target.read_text())["paths"]

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from service import metrics
 from service.entrypoints.asyncapi import package_version
 from service.entrypoints.http import inventory, operations, stream
-from service.entrypoints.http.errors import install_error_handlers
+from service.entrypoints.http.errors import install_error_handlers, unexpected_error_response
 from service.entrypoints.http.services import ApiServices
 
 DESCRIPTION = """
@@ -39,11 +39,14 @@ def create_app(services: ApiServices) -> FastAPI:
             templates[getattr(route, "endpoint", None)] = prefix + getattr(route, "path", "")
 
     @app.middleware("http")
-    async def count_requests(
+    async def count_and_contain(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as error:
+            response = unexpected_error_response(request, error)
         route = templates.get(getattr(request.scope.get("route"), "endpoint", None), "unmatched")
         metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         metrics.HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)

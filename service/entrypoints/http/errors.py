@@ -124,15 +124,20 @@ def install_error_handlers(app: FastAPI) -> None:
             error.status_code, code, str(error.detail), headers=getattr(error, "headers", None)
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        if isinstance(error, TransientDatabaseError) or is_transient(error):
-            log.warning("%s %s: database unavailable (%s)", request.method, request.url.path, error)
-            return error_response(
-                503,
-                "database_unavailable",
-                "the database is unavailable; try again shortly",
-                headers={"Retry-After": "1"},
-            )
-        log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error; the log has the details")
+
+def unexpected_error_response(request: Request, error: Exception) -> JSONResponse:
+    """An exception no handler claimed: 503 if the database is away, else 500.
+
+    Called by the app's outermost middleware, so the exception ends here, answered
+    and logged once, instead of reaching the server as an ASGI error.
+    """
+    if isinstance(error, TransientDatabaseError) or is_transient(error):
+        log.warning("%s %s: database unavailable (%s)", request.method, request.url.path, error)
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable; try again shortly",
+            headers={"Retry-After": "1"},
+        )
+    log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    return error_response(500, "internal_error", "internal error; the log has the details")
