@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -40,8 +40,14 @@ class OrderCheckout(_Data):
 
     @model_validator(mode="after")
     def _expires_at_has_timezone(self) -> OrderCheckout:
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
+        if self.expires_at is None:
+            return self
+        if self.expires_at.tzinfo is None:
             raise ValueError("expires_at must carry a timezone offset (RFC 3339)")
+        try:  # 9999-12-31T23:59:59-14:00 is past the last instant a timestamp can hold
+            self.expires_at.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("expires_at is out of range") from None
         return self
 
     def merged_lines(self) -> dict[str, int]:

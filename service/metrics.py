@@ -47,6 +47,10 @@ OUTBOX_PUBLISH_SECONDS = Histogram(
 )
 DEAD_LETTERS = Gauge("stock_dead_letters", "Records ever dead-lettered (rows of dead_letters).")
 RESERVATIONS = Gauge("stock_reservations", "Orders by reservation status.", ["status"])
+DB_FIGURES_READ_AT = Gauge(
+    "stock_db_figures_read_timestamp_seconds",
+    "When the database-backed figures above were last read (they go stale if reads fail).",
+)
 HOLDS_EXPIRED = Counter("stock_holds_expired", "Reservations released because their hold expired.")
 HTTP_REQUESTS = Counter(
     "stock_http_requests", "HTTP requests by route and status.", ["method", "route", "status"]

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     event_source: str = "stock-service"
 
     reservation_ttl_seconds: int = Field(default=900, gt=0)
+    #: The furthest `expiresAt` an HTTP reservation may ask for (7 days): a hold
+    #: without a real end would keep stock from every other customer.
+    reservation_max_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
     sweep_batch_size: int = Field(default=500, ge=1)
     low_stock_threshold: int = Field(default=5, ge=0)
@@ -69,6 +72,8 @@ class Settings(BaseSettings):
     api_tokens: SecretStr = SecretStr("")
     #: Also require a token for the GET endpoints under /api/inventory.
     api_reads_require_token: bool = False
+    #: Larger request bodies are refused (413) before they are parsed.
+    http_max_body_bytes: int = Field(default=1_048_576, ge=1024)
     #: How long an HTTP request waits out a database outage before answering 503.
     http_database_timeout_seconds: float = Field(default=5.0, gt=0)
     #: Database-backed figures of /metrics are read at most this often.

@@ -71,11 +71,17 @@ class Subscription:
         if self.overflowed:
             return
         if len(self._items) >= self._capacity:
+            self.lose()
+        else:
+            self._items.append(change)
+            self._ready.set()
+
+    def lose(self) -> None:
+        """This subscriber misses changes: its stream ends with an overflow event."""
+        if not self.overflowed:
             self.overflowed = True
             self._items.clear()
             metrics.STREAM_DROPPED.inc()
-        else:
-            self._items.append(change)
         self._ready.set()
 
     async def next(self, wait_seconds: float) -> PublishedChange | None:
@@ -147,6 +153,10 @@ class StockChangeFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                # Changes published while it reconnects are not sent: tell every
+                # subscriber (as if it were too slow) so it reconnects and re-reads.
+                for subscription in list(self._subscriptions):
+                    subscription.lose()
                 log.warning("stock change feed interrupted (%s); retry in %.1fs", error, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_backoff_seconds)

@@ -42,11 +42,16 @@ def asyncpg_dsn(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 5, pool_timeout: float = 30.0
+) -> AsyncEngine:
+    """`pool_timeout`: how long to wait for a free connection; a wait that runs out
+    is a transient error (the pool is busy, not broken)."""
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_timeout=pool_timeout,
         # No pre-ping round trip per batch: a dead pooled connection fails as a
         # transient error, and the retry gets a fresh one.
     )
@@ -58,6 +63,8 @@ class TransientDatabaseError(Exception):
 
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, TransientDatabaseError | OSError | asyncio.TimeoutError):
+        return True
+    if isinstance(error, sa_exc.TimeoutError):  # no pooled connection came free in time
         return True
     if isinstance(error, asyncpg.exceptions._base.DataError):
         return False  # a value the driver cannot encode: retrying never helps

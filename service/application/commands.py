@@ -21,6 +21,7 @@ from service.adapters import stock_store
 from service.adapters.database import retry_transient
 from service.adapters.tables import audit_log, variants
 from service.domain import requests
+from service.domain.errors import IdempotencyKeyReused
 from service.domain.ledger import StockLedger
 from service.domain.model import EventRef, Order, StockChange
 from service.outbound import EventWriter
@@ -88,13 +89,16 @@ class StockCommands:
         idempotency_key: str | None = None,
     ) -> list[StockChange]:
         """Idempotent per key: a retry whose first try committed gets that try's changes."""
+        expected = [(r.variant_id, r.quantity) for r in restocks]
         return await self._run(
             "restock",
-            _new_cause(idempotency_key),
+            _new_cause(idempotency_key, "restock"),
             lambda ledger, cause: requests.restock(ledger, restocks, cause),
             variant_ids=[r.variant_id for r in restocks],
             new_variants={r.variant_id: r.product_id for r in restocks if r.product_id},
-            replay=_changes_caused_by if idempotency_key else None,
+            replay=_replay_if(lambda c: (c.variant_id, c.delta_on_hand), expected)
+            if idempotency_key
+            else None,
         )
 
     async def adjust(
@@ -103,12 +107,15 @@ class StockCommands:
         *,
         idempotency_key: str | None = None,
     ) -> list[StockChange]:
+        expected = [(c.variant_id, c.counted) for c in counts]
         return await self._run(
             "adjust",
-            _new_cause(idempotency_key),
+            _new_cause(idempotency_key, "adjust"),
             lambda ledger, cause: requests.adjust(ledger, counts, cause),
             variant_ids=[c.variant_id for c in counts],
-            replay=_changes_caused_by if idempotency_key else None,
+            replay=_replay_if(lambda c: (c.variant_id, c.on_hand), expected)
+            if idempotency_key
+            else None,
         )
 
     async def _run(
@@ -161,8 +168,30 @@ class StockCommands:
         return await _retry(attempt, what, self.settings, self.give_up_after)
 
 
-def _new_cause(idempotency_key: str | None = None) -> EventRef:
-    return EventRef(REQUEST_SOURCE, idempotency_key or f"request-{uuid.uuid4()}")
+def _new_cause(idempotency_key: str | None = None, operation: str = "request") -> EventRef:
+    """The request's id in the audit log (and its claim). A caller's key is scoped by
+    operation, so the same key on restock and on adjust are two requests."""
+    return EventRef(REQUEST_SOURCE, f"{operation}:{idempotency_key or uuid.uuid4()}")
+
+
+def _replay_if(
+    identify: Callable[[StockChange], tuple[str, int]], expected: list[tuple[str, int]]
+) -> Callable[[AsyncConnection, EventRef], Awaitable[list[StockChange]]]:
+    """Replays the committed changes of a key, if they answer this very request.
+
+    A key reused for a different body would otherwise get an answer that is not its
+    own, and the caller would believe a change was made that was not."""
+
+    async def replay(conn: AsyncConnection, cause: EventRef) -> list[StockChange]:
+        changes = await _changes_caused_by(conn, cause)
+        if [identify(c) for c in changes] != expected:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {cause.id.partition(':')[2]!r} was used for another "
+                "request; use a new key for a new request"
+            )
+        return changes
+
+    return replay
 
 
 async def _retry(

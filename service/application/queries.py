@@ -142,18 +142,26 @@ class StockQueries:
         )
 
 
+_BIGINT = range(-(2**63), 2**63)
+
+
 def _split_cursor(cursor: str) -> tuple[int, str]:
-    available, sep, variant_id = cursor.partition(":")
-    try:
-        if not sep or not variant_id:
-            raise ValueError
-        return int(available), variant_id
-    except ValueError:
-        raise InvalidCursor(f"invalid cursor {cursor!r}") from None
+    """`available:variant_id`, as `low_stock` hands it out."""
+    available, _, variant_id = cursor.partition(":")
+    if not 0 < len(variant_id) <= 200 or "\x00" in variant_id:
+        raise InvalidCursor(f"invalid cursor {cursor[:50]!r}")
+    return _bigint(available, cursor), variant_id
 
 
 def _version_cursor(cursor: str) -> int:
+    return _bigint(cursor, cursor)
+
+
+def _bigint(number: str, cursor: str) -> int:
     try:
-        return int(cursor)
+        value = int(number)
     except ValueError:
-        raise InvalidCursor(f"invalid cursor {cursor!r}") from None
+        value = None
+    if value is None or value not in _BIGINT:
+        raise InvalidCursor(f"invalid cursor {cursor[:50]!r}")
+    return value

@@ -72,6 +72,32 @@ class InvalidQuantity(DomainError):
     code = "invalid_quantity"
 
 
+class InvalidExpiry(DomainError):
+    """An `expires_at` in the past, or further ahead than holds may last."""
+
+    code = "invalid_expiry"
+
+
+class ProductMismatch(DomainError):
+    """A restock names another product than the variant belongs to."""
+
+    code = "product_mismatch"
+
+    def __init__(self, variant_id: str, product_id: str, named: str) -> None:
+        super().__init__(
+            f"variant {variant_id!r} belongs to product {product_id!r}, not {named!r}"
+        )
+        self.variant_id = variant_id
+        self.product_id = product_id
+        self.named = named
+
+
+class IdempotencyKeyReused(DomainError):
+    """The key was used before for another request: its answer would not be this one's."""
+
+    code = "idempotency_key_reused"
+
+
 class InvalidCursor(DomainError):
     """A paging cursor this service did not hand out."""
 

@@ -106,11 +106,14 @@ class StockLedger:
             self._change(variant_id, ChangeType.RESERVE, 0, quantity, order.order_id, None, cause)
         self._settle(order, OrderPhase.RESERVED, cause=cause)
 
-    def payment_succeeded(self, order_id: str, cause: EventRef | None = None) -> None:
+    def payment_succeeded(
+        self, order_id: str, cause: EventRef | None = None, note: str | None = None
+    ) -> None:
+        """`note`: words for the audit rows of the sale (an HTTP confirm's reason)."""
         order = self.order(order_id)
         order.payment = PaymentOutcome.SUCCEEDED
         if order.phase is not OrderPhase.PENDING:
-            self._confirm(order, cause)
+            self._confirm(order, cause, note)
 
     def payment_failed(self, order_id: str, cause: EventRef | None = None) -> None:
         order = self.order(order_id)
@@ -163,12 +166,12 @@ class StockLedger:
         self._release(order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_RELEASED, cause, note)
         return True
 
-    def _confirm(self, order: Order, cause: EventRef | None) -> None:
+    def _confirm(self, order: Order, cause: EventRef | None, note: str | None = None) -> None:
         """Apply a payment success to an order whose checkout has arrived."""
         if order.phase is OrderPhase.RESERVED:
             for variant_id, quantity in order.lines.items():
                 self._change(
-                    variant_id, ChangeType.SALE, -quantity, -quantity, order.order_id, None, cause
+                    variant_id, ChangeType.SALE, -quantity, -quantity, order.order_id, note, cause
                 )
             self._settle(order, OrderPhase.CONFIRMED, cause=cause)
         elif order.phase in _RETAKEABLE and not order.cancelled:
@@ -177,7 +180,7 @@ class StockLedger:
                 self._settle(order, OrderPhase.CONFIRM_FAILED, reason, shortages, cause)
                 return
             for variant_id, quantity in order.lines.items():
-                self._change(variant_id, ChangeType.SALE, -quantity, 0, order.order_id, None, cause)
+                self._change(variant_id, ChangeType.SALE, -quantity, 0, order.order_id, note, cause)
             self._settle(order, OrderPhase.CONFIRMED, cause=cause)
         elif order.phase in _RETAKEABLE:  # and cancelled: cancellation wins
             self._settle(order, OrderPhase.CONFIRM_FAILED, REASON_ORDER_CANCELLED, cause=cause)

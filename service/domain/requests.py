@@ -11,13 +11,15 @@ over HTTP is confirmed by a `payment.succeeded` for that id, and the other way r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from service.domain.errors import (
     CountBelowReserved,
     InsufficientStock,
+    InvalidExpiry,
+    ProductMismatch,
     ReservationClosed,
     ReservationMismatch,
     UnknownReservation,
@@ -42,11 +44,23 @@ class ReservationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ReservationLine:
+    """One line of a reserve request as it arrives: several make one reservation."""
+
+    reservation_id: str
+    variant_id: str
+    quantity: int
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SaleConfirmation:
     reservation_id: str
     #: Lines the caller expects the reservation to hold (None: any quantity). Only
     #: checked: a reservation is always sold whole, as it was reserved.
     expected_lines: dict[str, int | None]
+    #: The caller's words for the audit log (e.g. "Order #12345").
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,33 @@ class CountRequest:
     counted: int
     reason: str
     reference: str | None = None
+
+
+def group_reservation_lines(
+    lines: Iterable[ReservationLine], now: datetime, default_hold: timedelta, max_hold: timedelta
+) -> list[ReservationRequest]:
+    """Lines with the same reservation id are one reservation; a variant named twice is
+    summed (as in a Kafka checkout). Of several `expires_at`, the earliest holds; none
+    means `now + default_hold`. An expiry in the past, or beyond `now + max_hold`, is
+    refused: a hold without a real end keeps stock from every other customer."""
+    grouped: dict[str, tuple[dict[str, int], datetime | None]] = {}
+    for line in lines:
+        quantities, expires_at = grouped.get(line.reservation_id, ({}, None))
+        quantities[line.variant_id] = quantities.get(line.variant_id, 0) + line.quantity
+        if line.expires_at is not None:
+            if line.expires_at <= now:
+                raise InvalidExpiry(f"expiresAt {line.expires_at.isoformat()} is in the past")
+            if line.expires_at > now + max_hold:
+                raise InvalidExpiry(
+                    f"expiresAt {line.expires_at.isoformat()} is further ahead than the "
+                    f"longest hold ({max_hold})"
+                )
+            expires_at = line.expires_at if expires_at is None else min(expires_at, line.expires_at)
+        grouped[line.reservation_id] = (quantities, expires_at)
+    return [
+        ReservationRequest(reservation_id, quantities, expires_at or now + default_hold)
+        for reservation_id, (quantities, expires_at) in grouped.items()
+    ]
 
 
 def reserve(
@@ -161,8 +202,8 @@ def confirm_sales(
         raise ReservationClosed(closed, "it cannot be sold")
     # Lapsed holds take their stock again: all of them together, or none.
     _check_available(ledger, [o.lines for o in orders.values() if o.phase in _TAKES_STOCK_AGAIN])
-    for order_id in orders:
-        ledger.payment_succeeded(order_id, cause)
+    for confirmation in confirmations:
+        ledger.payment_succeeded(confirmation.reservation_id, cause, note=confirmation.note)
     return list(orders.values())
 
 
@@ -205,12 +246,17 @@ def _existing_orders(ledger: StockLedger, reservation_ids: Sequence[str]) -> dic
 def restock(
     ledger: StockLedger, restocks: Sequence[RestockRequest], cause: EventRef
 ) -> list[StockChange]:
-    """Receive units. An unknown variant is created only when the request names its product."""
+    """Receive units. An unknown variant is created only when the request names its
+    product; a product named for an existing variant must be the one it belongs to."""
     unknown = [
         r.variant_id for r in restocks if r.variant_id not in ledger.variants and not r.product_id
     ]
     if unknown:
         raise UnknownVariant(*dict.fromkeys(unknown))
+    for r in restocks:
+        variant = ledger.variants.get(r.variant_id)
+        if r.product_id and variant is not None and variant.product_id != r.product_id:
+            raise ProductMismatch(r.variant_id, variant.product_id, r.product_id)
     return [
         ledger.restock(
             r.variant_id,

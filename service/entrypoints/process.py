@@ -35,11 +35,17 @@ class StockProcess:
         self.server: ApiServer | None = None
         if api:
             # Its own pool: a burst of HTTP requests cannot starve the worker's batches.
-            engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+            engine = create_engine(
+                settings.database_url,
+                pool_size=settings.database_pool_size,
+                pool_timeout=settings.http_database_timeout_seconds,
+            )
             self.api = ApiServices.build(settings, engine, self.worker)
             self.server = ApiServer(create_app(self.api), settings.http_host, settings.http_port)
 
     async def start(self) -> None:
+        if self.server is not None:
+            self.server.bind()
         if self.worker is not None:
             await self.worker.start()
         if self.api is not None and self.server is not None:
@@ -56,6 +62,7 @@ class StockProcess:
             )
 
     async def stop(self) -> None:
+        """Stops what started; safe after a start that failed half-way."""
         if self.api is not None and self.server is not None:
             self.api.feed.close()
             await self.server.stop()
@@ -69,8 +76,8 @@ class StockProcess:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await self.start()
         try:
+            await self.start()
             await stop.wait()
             log.info("stopping: finishing the batch in hand, then committing")
         finally:

@@ -634,12 +634,12 @@ async def test_reads_are_open_unless_configured_otherwise(engine, api_settings, 
 async def test_healthz_and_readyz_without_a_broker(http, stocked, api_settings) -> None:
     assert (await http.get("/healthz")).json() == {"status": "ok"}
     answer = await http.get("/readyz")
-    assert answer.status_code == 503  # the change feed never reached a broker here
-    body = answer.json()
-    assert body["code"] == "not_ready"
-    assert body["checks"]["database"] == {"ok": True}
-    assert body["checks"]["schema"] == {"ok": True}
-    assert body["checks"]["broker"]["ok"] is False
+    body = assert_error(answer, 503, "not_ready")  # the change feed never reached a broker
+    assert body["message"] == "not ready: broker"
+    checks = body["details"]["checks"]
+    assert checks["database"] == {"ok": True}
+    assert checks["schema"] == {"ok": True}
+    assert checks["broker"]["ok"] is False
     # Nothing secret or internal in it.
     assert api_settings.database_url not in answer.text
     assert TOKEN not in answer.text
@@ -734,3 +734,127 @@ async def test_an_unexpected_error_is_a_500_without_internals(engine, api_settin
     body = assert_error(answer, 500, "internal_error")
     assert "SELECT" not in answer.text and "Traceback" not in answer.text
     assert body["details"] is None
+
+
+# ------------------------------------------------------- abuse and misuse
+
+
+async def test_a_body_over_the_limit_is_413_before_it_is_parsed(http, stocked) -> None:
+    huge = b'{"updates": [' + b'{"variantId": "shirt-m", "quantity": 1},' * 40_000 + b"]}"
+    assert len(huge) > 1_048_576
+    answer = await http.post(
+        f"{API}/restock", content=huge, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert_error(answer, 413, "payload_too_large")
+
+    async def chunks() -> Any:  # no Content-Length: counted as it arrives
+        for start in range(0, len(huge), 65536):
+            yield huge[start : start + 65536]
+
+    chunked = await http.post(
+        f"{API}/restock", content=chunks(), headers={**AUTH, "content-type": "application/json"}
+    )
+    assert_error(chunked, 413, "payload_too_large")
+    assert await stocked.stock("shirt-m") == (10, 0)
+
+
+async def test_an_idempotency_key_answers_only_its_own_request(http, stocked) -> None:
+    key = {**AUTH, "Idempotency-Key": "k1"}
+    first = await http.post(
+        f"{API}/restock", json={"updates": [{"variantId": "shirt-m", "quantity": 5}]}, headers=key
+    )
+    assert first.status_code == 200
+    other_body = await http.post(
+        f"{API}/restock",
+        json={"updates": [{"variantId": "shirt-m", "quantity": 500}]},
+        headers=key,
+    )
+    assert_error(other_body, 422, "idempotency_key_reused")
+    # The same key on another operation is another request: the count is applied.
+    counted = await http.put(
+        f"{API}/adjust",
+        json={"updates": [{"variantId": "shirt-m", "quantity": 0, "reason": "count"}]},
+        headers=key,
+    )
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["changes"][0]["changeType"] == "ADJUSTMENT"
+    assert await stocked.stock("shirt-m") == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/logs/poster?cursor=9223372036854775808",
+        "/logs/poster?cursor=-99999999999999999999",
+        "/alerts/low-stock?cursor=99999999999999999999:x",
+        "/alerts/low-stock?cursor=1:%00",
+        "/alerts/low-stock?cursor=1:",
+    ],
+)
+async def test_forged_cursors_are_422(http, stocked, path) -> None:
+    assert_error(await http.get(f"{API}{path}"), 422, "invalid_cursor")
+
+
+@pytest.mark.parametrize(
+    "expires_at", ["9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59Z", "2999-01-01T00:00:00Z"]
+)
+async def test_a_hold_without_a_real_end_is_refused(http, stocked, expires_at) -> None:
+    answer = await reserve(http, reservation("o1", "shirt-m", 1, expiresAt=expires_at))
+    assert answer.status_code == 422, answer.text
+    assert await stocked.phases() == {}
+
+
+async def test_made_up_methods_do_not_mint_metric_series(http) -> None:
+    for method in ("FOO1", "FOO2"):
+        await http.request(method, "/healthz")
+    text = (await http.get("/metrics")).text
+    assert "FOO1" not in text and "FOO2" not in text
+    assert 'method="other",route="/healthz"' in text
+
+
+async def test_a_restock_naming_another_product_is_refused(http, stocked) -> None:
+    body = assert_error(
+        await http.post(
+            f"{API}/restock",
+            json={"updates": [{"variantId": "shirt-m", "quantity": 1, "productId": "mugs"}]},
+            headers=AUTH,
+        ),
+        409,
+        "product_mismatch",
+    )
+    assert body["details"] == {
+        "variantId": "shirt-m",
+        "productId": "p-shirt-m",
+        "requestedProductId": "mugs",
+    }
+    assert await stocked.stock("shirt-m") == (10, 0)
+
+
+async def test_confirm_records_its_reason_and_checks_what_it_is_given(http, stocked) -> None:
+    await reserve(http, reservation("o1", "shirt-m", 2))
+    assert_error(
+        await http.post(
+            f"{API}/confirm-sale",
+            json={"updates": [{"reservationId": "o1", "quantity": 9}]},
+            headers=AUTH,
+        ),
+        422,
+        "validation_failed",
+    )  # a quantity is checked per line: it needs its variantId
+    await http.post(
+        f"{API}/confirm-sale",
+        json={"updates": [{"reservationId": "o1", "reason": "Order #12345"}]},
+        headers=AUTH,
+    )
+    [sale] = [row for row in await stocked.audit("shirt-m") if row.change_type == "SALE"]
+    assert sale.reason == "Order #12345"
+    # release takes only reservationId and reason; anything else is refused, not ignored.
+    assert_error(
+        await http.post(
+            f"{API}/release",
+            json={"updates": [{"reservationId": "o1", "variantId": "x", "quantity": 9}]},
+            headers=AUTH,
+        ),
+        422,
+        "validation_failed",
+    )

@@ -67,6 +67,10 @@ def test_missing_time_falls_back_to_the_record_timestamp() -> None:
           "data": {"order_id": "o", "lines": [{"variant_id": "v", "quantity": 1}],
                    "expires_at": "2026-01-01T00:00:00"}},
          "timezone"),
+        ({**checkout("o", {"v": 1}),
+          "data": {"order_id": "o", "lines": [{"variant_id": "v", "quantity": 1}],
+                   "expires_at": "9999-12-31T23:59:59-14:00"}},
+         "out of range"),
     ],
 )
 def test_bad_input_is_poison_with_a_readable_reason(value, reason) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from fastapi import FastAPI
 
-from fastapi import FastAPI, Request, Response
-
-from service import metrics
 from service.entrypoints.asyncapi import package_version
 from service.entrypoints.http import inventory, operations, stream
-from service.entrypoints.http.errors import install_error_handlers, unexpected_error_response
+from service.entrypoints.http.errors import install_error_handlers
+from service.entrypoints.http.middleware import BodySizeLimit, ObserveAndContain
 from service.entrypoints.http.services import ApiServices
 
 DESCRIPTION = """
@@ -23,7 +20,11 @@ Stock levels, reservations and the audit trail of the stock reservation worker.
 
 
 def create_app(services: ApiServices) -> FastAPI:
-    app = FastAPI(title="stock-worker", version=package_version(), description=DESCRIPTION)
+    app = FastAPI(
+        title="stock-worker",
+        version=package_version(),
+        description=DESCRIPTION,
+    )
     app.state.services = services
     install_error_handlers(app)
     #: Route templates by endpoint, for metric labels (one series per route, not per URL).
@@ -38,18 +39,7 @@ def create_app(services: ApiServices) -> FastAPI:
         for route in router.routes:
             templates[getattr(route, "endpoint", None)] = prefix + getattr(route, "path", "")
 
-    @app.middleware("http")
-    async def count_and_contain(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as error:
-            response = unexpected_error_response(request, error)
-        route = templates.get(getattr(request.scope.get("route"), "endpoint", None), "unmatched")
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        metrics.HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(ObserveAndContain, route_templates=templates)
+    # Added last, so it runs first: before routing, parsing or any other middleware.
+    app.add_middleware(BodySizeLimit, max_bytes=services.settings.http_max_body_bytes)
     return app

@@ -14,7 +14,12 @@ from service.adapters.database import TransientDatabaseError, is_transient
 from service.domain.errors import (
     CountBelowReserved,
     DomainError,
+    IdempotencyKeyReused,
     InsufficientStock,
+    InvalidCursor,
+    InvalidExpiry,
+    InvalidQuantity,
+    ProductMismatch,
     ReservationClosed,
     ReservationMismatch,
     UnknownProduct,
@@ -24,6 +29,8 @@ from service.domain.errors import (
 
 log = logging.getLogger(__name__)
 
+#: Every DomainError's status. A new error without an entry fails a test
+#: (tests/unit/test_http_error_mapping.py), not a request.
 STATUS_BY_CODE = {
     UnknownVariant.code: 404,
     UnknownProduct.code: 404,
@@ -32,6 +39,11 @@ STATUS_BY_CODE = {
     CountBelowReserved.code: 409,
     ReservationClosed.code: 409,
     ReservationMismatch.code: 409,
+    ProductMismatch.code: 409,
+    IdempotencyKeyReused.code: 422,
+    InvalidQuantity.code: 422,
+    InvalidExpiry.code: 422,
+    InvalidCursor.code: 422,
 }
 _STATUS_CODES = {
     400: "bad_request",
@@ -71,6 +83,12 @@ def details_of(error: DomainError) -> Any:
         return {"reservationIds": list(error.reservation_ids)}
     if isinstance(error, UnknownProduct):
         return {"productId": error.product_id}
+    if isinstance(error, ProductMismatch):
+        return {
+            "variantId": error.variant_id,
+            "productId": error.product_id,
+            "requestedProductId": error.named,
+        }
     if isinstance(error, CountBelowReserved):
         return {"variantId": error.variant_id, "counted": error.counted, "reserved": error.reserved}
     if isinstance(error, ReservationClosed):
@@ -95,7 +113,7 @@ def details_of(error: DomainError) -> Any:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, error: DomainError) -> JSONResponse:
-        status = STATUS_BY_CODE.get(error.code, 422)
+        status = STATUS_BY_CODE[error.code]
         return error_response(status, error.code, str(error), details_of(error))
 
     @app.exception_handler(RequestValidationError)

@@ -14,14 +14,14 @@ from fastapi import APIRouter, Depends, Header, Path, Query
 
 from schemas.events import MAX_QUANTITY
 from service.application.queries import StockLevel
-from service.domain.errors import DomainError
 from service.domain.model import Order, StockChange
 from service.domain.requests import (
     CountRequest,
     ReleaseRequest,
-    ReservationRequest,
+    ReservationLine,
     RestockRequest,
     SaleConfirmation,
+    group_reservation_lines,
 )
 from service.entrypoints.http import models
 from service.entrypoints.http.auth import require_read_token, require_write_token
@@ -67,10 +67,6 @@ reads = APIRouter(dependencies=[Depends(require_read_token)], responses=_ERRORS)
 writes = APIRouter(dependencies=[Depends(require_write_token)], responses=_ERRORS)
 
 
-class InvalidExpiry(DomainError):
-    code = "invalid_expiry"
-
-
 @reads.get("/check/{variantId}", response_model=models.Availability)
 async def check_availability(
     svc: Services,
@@ -93,43 +89,39 @@ async def reserve(svc: Services, body: models.ReserveBody) -> models.Reservation
 
     All or nothing over the whole request. Idempotent per `reservationId`: repeating
     it with the same lines answers the reservation as it stands."""
-    now = datetime.now(UTC)
-    default_expiry = now + timedelta(seconds=svc.settings.reservation_ttl_seconds)
-    grouped: dict[str, tuple[dict[str, int], datetime | None]] = {}
-    for line in body.reservations:
-        lines, expires_at = grouped.get(line.reservation_id, ({}, None))
-        lines[line.variant_id] = lines.get(line.variant_id, 0) + line.quantity
-        if line.expires_at is not None:
-            if line.expires_at <= now:
-                raise InvalidExpiry(f"expiresAt {line.expires_at.isoformat()} is in the past")
-            expires_at = min(expires_at or line.expires_at, line.expires_at)
-        grouped[line.reservation_id] = (lines, expires_at)
-    orders = await svc.commands.reserve(
-        [
-            ReservationRequest(reservation_id, lines, expires_at or default_expiry)
-            for reservation_id, (lines, expires_at) in grouped.items()
-        ]
+    settings = svc.settings
+    requests = group_reservation_lines(
+        (
+            ReservationLine(line.reservation_id, line.variant_id, line.quantity, line.expires_at)
+            for line in body.reservations
+        ),
+        now=datetime.now(UTC),
+        default_hold=timedelta(seconds=settings.reservation_ttl_seconds),
+        max_hold=timedelta(seconds=settings.reservation_max_ttl_seconds),
     )
+    orders = await svc.commands.reserve(requests)
     return _reservations(orders)
 
 
 @writes.post("/confirm-sale", response_model=models.Reservations)
-async def confirm_sale(svc: Services, body: models.ReservationUpdatesBody) -> models.Reservations:
+async def confirm_sale(svc: Services, body: models.ConfirmSaleBody) -> models.Reservations:
     """Sell reserved stock (payment succeeded). A reservation is sold whole; lines named
     in the request are checked against it. All or nothing."""
     expected: dict[str, dict[str, int | None]] = {}
+    notes: dict[str, str | None] = {}
     for update in body.updates:
         lines = expected.setdefault(update.reservation_id, {})
         if update.variant_id is not None:
             lines[update.variant_id] = update.quantity
+        notes[update.reservation_id] = notes.get(update.reservation_id) or update.reason
     orders = await svc.commands.confirm_sales(
-        [SaleConfirmation(reservation_id, lines) for reservation_id, lines in expected.items()]
+        [SaleConfirmation(r, lines, notes[r]) for r, lines in expected.items()]
     )
     return _reservations(orders)
 
 
 @writes.post("/release", response_model=models.Reservations)
-async def release(svc: Services, body: models.ReservationUpdatesBody) -> models.Reservations:
+async def release(svc: Services, body: models.ReleaseBody) -> models.Reservations:
     """Give reserved stock back (cart abandoned, payment given up). All or nothing."""
     notes: dict[str, str | None] = {}
     for update in body.updates:

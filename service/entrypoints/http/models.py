@@ -9,7 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from schemas.events import MAX_QUANTITY, Identifier, Quantity
@@ -47,16 +54,33 @@ class ReserveBody(_Body):
     reservations: _items(ReservationLine)  # type: ignore[valid-type]
 
 
-class ReservationUpdate(_Body):
+class SaleUpdate(_Body):
     reservation_id: Identifier
-    #: Optional: when given, the reservation must hold this line.
+    #: Optional: when given, the reservation must hold this variant (and quantity).
     variant_id: Identifier | None = None
     quantity: Quantity | None = None
+    #: Recorded on the sale's audit rows.
+    reason: Text | None = None
+
+    @model_validator(mode="after")
+    def _quantity_needs_its_variant(self) -> SaleUpdate:
+        if self.quantity is not None and self.variant_id is None:
+            raise ValueError("quantity is checked per line: give its variantId too")
+        return self
+
+
+class ConfirmSaleBody(_Body):
+    updates: _items(SaleUpdate)  # type: ignore[valid-type]
+
+
+class ReleaseUpdate(_Body):
+    reservation_id: Identifier
+    #: Recorded on the release's audit rows.
     reason: Text | None = None
 
 
-class ReservationUpdatesBody(_Body):
-    updates: _items(ReservationUpdate)  # type: ignore[valid-type]
+class ReleaseBody(_Body):
+    updates: _items(ReleaseUpdate)  # type: ignore[valid-type]
 
 
 class RestockLine(_Body):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated, Any
 
@@ -18,8 +19,10 @@ from service.adapters.migrate import schema_problem
 from service.adapters.stats import database_answers, read_figures
 from service.adapters.tables import ORDER_PHASES
 from service.entrypoints.asyncapi import asyncapi_specification
+from service.entrypoints.http.errors import error_response
 from service.entrypoints.http.services import ApiServices, services
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 Services = Annotated[ApiServices, Depends(services)]
 
@@ -53,11 +56,12 @@ async def readyz(svc: Services) -> JSONResponse:
             if assigned
             else {"ok": False, "error": "no partitions assigned (joining the group?)"}
         )
-    ready = all(check["ok"] for check in checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
-    if not ready:
-        body["code"] = "not_ready"
-    return JSONResponse(body, status_code=200 if ready else 503)
+    failed = [name for name, check in checks.items() if not check["ok"]]
+    if not failed:
+        return JSONResponse({"status": "ready", "checks": checks})
+    return error_response(
+        503, "not_ready", f"not ready: {', '.join(failed)}", {"checks": checks}
+    )
 
 
 async def _check(probe: Any) -> dict[str, Any]:
@@ -99,9 +103,12 @@ async def _refresh_scraped_figures(svc: ApiServices) -> None:
         return
     svc.figures_read_at = now
     try:
-        figures = await asyncio.wait_for(read_figures(svc.engine), _CHECK_SECONDS)
-    except Exception:
-        return  # the figures stay as last read; /readyz tells what is wrong
+        figures = await asyncio.wait_for(read_figures(svc.engine), _CHECK_SECONDS + 1)
+    except Exception as error:
+        # The figures stay as last read; stock_db_figures_read_timestamp_seconds shows it.
+        log.warning("metrics: database figures not read (%s)", type(error).__name__)
+        return
+    metrics.DB_FIGURES_READ_AT.set_to_current_time()
     metrics.OUTBOX_BACKLOG.set(figures.outbox_backlog)
     metrics.DEAD_LETTERS.set(figures.dead_letters)
     for phase in ORDER_PHASES:

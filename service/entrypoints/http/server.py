@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -32,31 +33,50 @@ class ApiServer:
             timeout_graceful_shutdown=5,
         )
         self._server = _EmbeddedServer(config)
+        self._host = host
+        self._port = port
+        self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def bind(self) -> None:
+        """Take the port now, before anything else starts: a busy port fails the process
+        at once, before its consumer joins the group for nothing."""
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError as error:
+            sock.close()
+            raise SystemExit(
+                f"the HTTP API cannot listen on {self._host}:{self._port}: {error.strerror}"
+            ) from None
+        self._socket = sock
 
     @property
     def port(self) -> int:
         """The bound port (differs from the configured one when that was 0)."""
-        [server] = self._server.servers
-        [sock] = server.sockets[:1]
-        port: int = sock.getsockname()[1]
+        assert self._socket is not None, "bind() first"
+        port: int = self._socket.getsockname()[1]
         return port
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(), name="http-api")
+        if self._socket is None:
+            self.bind()
+        serving = self._server.serve(sockets=[self._socket])  # type: ignore[list-item]
+        self._task = asyncio.create_task(serving, name="http-api")
         while not self._server.started:
             if self._task.done():
-                # uvicorn exits (SystemExit) when it cannot bind; say why, plainly.
-                with contextlib.suppress(BaseException):
-                    await self._task
-                host, port = self._server.config.host, self._server.config.port
-                raise RuntimeError(f"the HTTP API could not listen on {host}:{port}")
+                await self._task  # raises what stopped it
+                raise RuntimeError("the HTTP API stopped while starting")
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
