@@ -63,5 +63,6 @@ HTTP_SECONDS = Histogram(
 )
 STREAM_CLIENTS = Gauge("stock_stream_clients", "Open /api/inventory/stream connections.")
 STREAM_DROPPED = Counter(
-    "stock_stream_clients_dropped", "Stream clients disconnected because they read too slowly."
+    "stock_stream_clients_dropped",
+    "Stream clients cut off because they fell behind (or the feed reconnected).",
 )

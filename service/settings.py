@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     #: is disconnected (it reconnects and re-reads levels) instead of slowing anything.
     stream_client_buffer: int = Field(default=1000, ge=1)
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    #: Open streams per API process; one more is refused (503 `too_many_streams`).
+    stream_max_clients: int = Field(default=1000, ge=1)
 
     log_level: str = "INFO"
 

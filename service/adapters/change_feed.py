@@ -122,6 +122,10 @@ class StockChangeFeed:
                 await self._task
             self._task = None
 
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscriptions)
+
     def subscribe(
         self, variant_ids: Collection[str] = (), product_ids: Collection[str] = ()
     ) -> Subscription:

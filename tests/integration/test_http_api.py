@@ -858,3 +858,12 @@ async def test_confirm_records_its_reason_and_checks_what_it_is_given(http, stoc
         422,
         "validation_failed",
     )
+
+
+async def test_streams_beyond_the_cap_are_refused(engine, api_settings) -> None:
+    services = ApiServices.build(api_settings.model_copy(update={"stream_max_clients": 1}), engine)
+    services.feed.subscribe()  # one stream is open already
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://stock") as http:
+        answer = await http.get(f"{API}/stream")
+    assert_error(answer, 503, "too_many_streams")

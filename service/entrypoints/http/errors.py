@@ -61,6 +61,10 @@ class Unauthorized(Exception):
     """No bearer token, or one that is not in STOCK_API_TOKENS."""
 
 
+class TooManyStreams(Exception):
+    """STOCK_STREAM_MAX_CLIENTS streams are open in this process already."""
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -127,6 +131,15 @@ def install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(part) for part in first["location"])
         return error_response(
             422, "validation_failed", f"{where}: {first['message']}".lstrip(": "), problems
+        )
+
+    @app.exception_handler(TooManyStreams)
+    async def too_many_streams(request: Request, error: TooManyStreams) -> JSONResponse:
+        return error_response(
+            503,
+            "too_many_streams",
+            "this process serves as many streams as it may; try again later",
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Unauthorized)

@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from service.adapters.change_feed import FeedClosed, SubscriberTooSlow, Subscription
 from service.entrypoints.http.auth import require_read_token
+from service.entrypoints.http.errors import TooManyStreams
 from service.entrypoints.http.services import ApiServices, services
 
 router = APIRouter(dependencies=[Depends(require_read_token)])
@@ -37,6 +38,10 @@ async def stream_stock_changes(
 ) -> StreamingResponse:
     """Live `stock.changed` events, optionally only for some variants or products
     (repeat `variantId` / `productId` for several; a change matching either is sent)."""
+    if svc.feed.subscriber_count >= svc.settings.stream_max_clients:
+        # Each stream holds a connection until its client goes: cap them, so clients
+        # that never read cannot exhaust the process's file descriptors.
+        raise TooManyStreams
     subscription = svc.feed.subscribe(variant_id, product_id)
     return StreamingResponse(
         _events(svc, subscription),
