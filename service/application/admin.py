@@ -34,7 +34,16 @@ class StockAdmin:
         idempotency_key: str | None = None,
     ) -> StockChange:
         [change] = await self.commands.restock(
-            [RestockRequest(variant_id, quantity, product_id or variant_id, reason, reference)],
+            [
+                RestockRequest(
+                    variant_id,
+                    quantity,
+                    product_id,
+                    reason,
+                    reference,
+                    default_product_id=variant_id,
+                )
+            ],
             idempotency_key=idempotency_key,
         )
         return change

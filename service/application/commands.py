@@ -95,7 +95,9 @@ class StockCommands:
             _new_cause(idempotency_key, "restock"),
             lambda ledger, cause: requests.restock(ledger, restocks, cause),
             variant_ids=[r.variant_id for r in restocks],
-            new_variants={r.variant_id: r.product_id for r in restocks if r.product_id},
+            new_variants={
+                r.variant_id: r.product_if_created for r in restocks if r.product_if_created
+            },
             replay=_replay_if(lambda c: (c.variant_id, c.delta_on_hand), expected)
             if idempotency_key
             else None,

@@ -73,10 +73,17 @@ class ReleaseRequest:
 class RestockRequest:
     variant_id: str
     quantity: int
-    #: Needed only to create a variant that does not exist yet.
+    #: Needed only to create a variant that does not exist yet; checked otherwise.
     product_id: str | None = None
     reason: str | None = None
     reference: str | None = None
+    #: The product of a variant this restock creates when `product_id` is not given
+    #: (the CLI creates a variant as its own product). Never checked.
+    default_product_id: str | None = None
+
+    @property
+    def product_if_created(self) -> str | None:
+        return self.product_id or self.default_product_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +256,9 @@ def restock(
     """Receive units. An unknown variant is created only when the request names its
     product; a product named for an existing variant must be the one it belongs to."""
     unknown = [
-        r.variant_id for r in restocks if r.variant_id not in ledger.variants and not r.product_id
+        r.variant_id
+        for r in restocks
+        if r.variant_id not in ledger.variants and not r.product_if_created
     ]
     if unknown:
         raise UnknownVariant(*dict.fromkeys(unknown))
@@ -261,7 +270,7 @@ def restock(
         ledger.restock(
             r.variant_id,
             r.quantity,
-            product_id=r.product_id,
+            product_id=r.product_if_created,
             reason=r.reason,
             reference=r.reference,
             cause=cause,
