@@ -110,8 +110,8 @@ def group_reservation_lines(
                 raise InvalidExpiry(f"expiresAt {line.expires_at.isoformat()} is in the past")
             if line.expires_at > now + max_hold:
                 raise InvalidExpiry(
-                    f"expiresAt {line.expires_at.isoformat()} is further ahead than the "
-                    f"longest hold ({max_hold})"
+                    f"expiresAt {line.expires_at.isoformat()} is further ahead than a hold "
+                    f"may last ({max_hold.total_seconds():.0f} s)"
                 )
             expires_at = line.expires_at if expires_at is None else min(expires_at, line.expires_at)
         grouped[line.reservation_id] = (quantities, expires_at)
