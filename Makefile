@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test test-fast lint typecheck check migrate clean
+.PHONY: help venv run test test-fast lint typecheck check migrate bench clean
 
 help:
 	@echo "make run        embedded PostgreSQL + Kafka-protocol broker + sample catalogue + worker"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make typecheck  mypy --strict on service/ and schemas/"
 	@echo "make migrate    alembic upgrade head against STOCK_DATABASE_URL"
+	@echo "make bench      benchmarks: writes docs/benchmarks.md and docs/benchmarks.png"
 	@echo "make clean      remove the virtualenv and the embedded stack's data"
 
 venv: $(STAMP)
@@ -42,6 +43,11 @@ check: lint typecheck
 
 migrate: $(STAMP)
 	$(BIN)/stock migrate
+
+# Not part of `make test`: minutes long, and its figures are reports, not assertions.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/stock bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .stock-dev .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=500, ge=1)
     #: How long a batch waits to fill before it is handled anyway.
     batch_linger_ms: int = Field(default=20, ge=0)
+    #: The longest a fetch waits on the broker for data. Apache Kafka answers as soon as
+    #: there is any; a broker that holds every fetch this long (tansu does) adds it to
+    #: each event's latency, so it is short.
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=1)
 
     #: A dead-lettered value above this is cut to it (header `truncated-from` says the
     #: original size), so the copy fits Kafka's default 1 MB message limit.

@@ -59,6 +59,7 @@ def build_broker(settings: Settings, consumer: BatchConsumer) -> KafkaBroker:
         batch=True,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_linger_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         auto_offset_reset="earliest",
         # A checkout from a producer transaction that aborted never happened.
         isolation_level="read_committed",

@@ -1,0 +1,135 @@
+"""What a benchmark run stands on: a PostgreSQL server, a broker, a fresh database per
+measurement with the scenario's catalogue, and topics of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.engine import make_url
+
+from service.adapters.database import asyncpg_dsn
+from service.adapters.migrate import upgrade_to_head
+from service.benchmark.workload import BenchEvent, Scenario
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Stack:
+    #: A URL to the server's maintenance database: benchmark databases are created beside it.
+    server_url: str
+    bootstrap: str
+
+
+@contextlib.contextmanager
+def running_stack(database_url: str | None, bootstrap: str | None) -> Iterator[Stack]:
+    """The given servers, or an embedded PostgreSQL and a tansu broker for the run."""
+    from service.devstack.servers import EmbeddedPostgres, TansuBroker
+
+    with contextlib.ExitStack() as cleanup:
+        if database_url is None:
+            postgres = EmbeddedPostgres(
+                Path(tempfile.mkdtemp(prefix="stock-bench-")) / "pg", delete_on_stop=True
+            )
+            database_url = postgres.start()
+            cleanup.callback(postgres.stop)
+        if bootstrap is None:
+            broker = TansuBroker()
+            bootstrap = broker.start()
+            cleanup.callback(broker.stop)
+        yield Stack(database_url, bootstrap)
+
+
+async def fresh_database(stack: Stack, label: str) -> str:
+    """A new, migrated database; returns its URL."""
+    name = f"bench_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
+    admin = await asyncpg.connect(asyncpg_dsn(stack.server_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = make_url(stack.server_url).set(database=name).render_as_string(hide_password=False)
+    await asyncio.to_thread(upgrade_to_head, url)
+    return url
+
+
+async def drop_database(stack: Stack, url: str) -> None:
+    name = make_url(url).database
+    admin = await asyncpg.connect(asyncpg_dsn(stack.server_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def load_catalogue(url: str, scenario: Scenario) -> None:
+    """The scenario's variants, straight in (the benchmark measures orders, not restocks)."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute(
+            """
+            INSERT INTO variants (variant_id, product_id, on_hand)
+            SELECT 'var-' || lpad(i::text, 5, '0'), 'prod-' || (i / 10), $2
+            FROM generate_series(0, $1 - 1) AS i
+            """,
+            scenario.variants,
+            scenario.units_per_variant,
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+def bench_settings(url: str, stack: Stack, run: str) -> Settings:
+    """Topics and group of their own per run, so runs never see each other's events."""
+    prefix = f"bench-{run}"
+    return Settings(
+        database_url=url,
+        kafka_bootstrap_servers=stack.bootstrap,
+        kafka_group_id=f"{prefix}-stock",
+        kafka_client_id=f"{prefix}",
+        topic_order_checkout=f"{prefix}.order.checkout",
+        topic_payment_succeeded=f"{prefix}.payment.succeeded",
+        topic_payment_failed=f"{prefix}.payment.failed",
+        topic_order_cancelled=f"{prefix}.order.cancelled",
+        topic_stock_changed=f"{prefix}.stock.changed",
+        topic_stock_low=f"{prefix}.stock.low",
+        topic_stock_reservation=f"{prefix}.stock.reservation",
+        topic_dlq=f"{prefix}.stock.dlq",
+        sweep_interval_seconds=1.0,
+    )
+
+
+async def publish(
+    bootstrap: str, events: list[BenchEvent], *, rate: float | None = None
+) -> list[float]:
+    """Publish in order, as fast as the broker takes them or at `rate` a second.
+    Returns each event's send time (monotonic), for latency."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5 if rate is None else 0, enable_idempotence=False
+    )
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    sent_at: list[float] = []
+    try:
+        started = loop.time()
+        for n, event in enumerate(events):
+            if rate is not None:
+                due = started + n / rate
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sent_at.append(time.monotonic())
+            await producer.send(event.topic, event.value, key=event.key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent_at
