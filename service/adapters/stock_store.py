@@ -65,10 +65,13 @@ _LOCK_ORDERS = text(
     """
 )
 
+# A join on the primary key from the ids, not `= ANY(...)`: the planner keeps to the
+# index even when its statistics still think order_lines is small (a fresh database).
 _LOAD_LINES = text(
     """
-    SELECT order_id, variant_id, quantity FROM order_lines
-    WHERE order_id = ANY(CAST(:ids AS text[]))
+    SELECT l.order_id, l.variant_id, l.quantity
+    FROM unnest(CAST(:ids AS text[])) AS t(order_id)
+    JOIN order_lines AS l ON l.order_id = t.order_id
     """
 )
 
@@ -222,7 +225,10 @@ async def lock_orders(
         return
     statement = _CREATE_AND_LOCK_ORDERS if create_missing else _LOCK_ORDERS
     rows = await conn.execute(statement, {"ids": ids})
+    with_lines = []
     for order_id, phase, expires_at, payment, cancelled, reason in rows:
+        if phase != OrderPhase.PENDING.value:
+            with_lines.append(order_id)  # a PENDING order has no lines until its checkout
         state.orders[order_id] = Order(
             order_id=order_id,
             phase=OrderPhase(phase),
@@ -232,7 +238,9 @@ async def lock_orders(
             reason=reason,
         )
         state.order_rows[order_id] = (phase, expires_at, payment, cancelled, reason)
-    for order_id, variant_id, quantity in await conn.execute(_LOAD_LINES, {"ids": ids}):
+    if not with_lines:
+        return
+    for order_id, variant_id, quantity in await conn.execute(_LOAD_LINES, {"ids": with_lines}):
         state.orders[order_id].lines[variant_id] = quantity
         state.orders_with_lines.add(order_id)
 
