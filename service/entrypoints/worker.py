@@ -30,9 +30,13 @@ log = logging.getLogger(__name__)
 
 async def _tolerant_batch_parser(records: tuple[Any, ...], original_parser: Any) -> Any:
     """FastStream decodes every header value as UTF-8 and would fail the whole batch on
-    one bad header. Let it parse header-less copies; the handler reads the originals."""
-    safe = tuple(dataclasses.replace(record, headers=()) for record in records)
-    message = await original_parser(safe)
+    one bad header. Then let it parse header-less copies; the handler reads the
+    originals (and dead-letters what is bad). Copies only when needed: they cost."""
+    try:
+        message = await original_parser(records)
+    except UnicodeDecodeError:
+        safe = tuple(dataclasses.replace(record, headers=()) for record in records)
+        message = await original_parser(safe)
     message.raw_message = records
     return message
 
