@@ -13,6 +13,7 @@ a per-variant `version`), so consumers drop the repeat.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -70,9 +71,12 @@ def _size(row: asyncpg.Record, headers: list[tuple[str, bytes | None]]) -> int:
 
 
 def _observe_published(rows: list[asyncpg.Record], since_fetch: float) -> None:
+    per_topic = collections.Counter(row["topic"] for row in rows)
+    for topic, count in per_topic.items():  # one labelled child per topic, not per row
+        metrics.OUTBOX_PUBLISHED.labels(topic).inc(count)
+    observe = metrics.OUTBOX_PUBLISH_SECONDS.observe
     for row in rows:
-        metrics.OUTBOX_PUBLISHED.labels(row["topic"]).inc()
-        metrics.OUTBOX_PUBLISH_SECONDS.observe(row["age"] + since_fetch)
+        observe(row["age"] + since_fetch)
 
 
 class OutboxRelay:
@@ -84,6 +88,7 @@ class OutboxRelay:
         self.is_leader = False
         self._wake = asyncio.Event()
         self._partitions: dict[str, list[int]] = {}
+        self._partition_by_key: dict[tuple[str, bytes], int] = {}
         self._partitioner = DefaultPartitioner()
         self._max_message_bytes: int = getattr(producer, "_max_request_size", 1_048_576)
 
@@ -196,11 +201,18 @@ class OutboxRelay:
     async def _partition_of(self, topic: str, key: bytes | None) -> int:
         """The partition Kafka's default partitioner gives the key (murmur2, as every
         Kafka client does); a row without a key (a dead-lettered tombstone) goes to any."""
+        if key is not None and (topic, key) in self._partition_by_key:
+            return self._partition_by_key[(topic, key)]
         partitions = self._partitions.get(topic)
         if partitions is None:
             found = await self.producer.partitions_for(topic)
             partitions = self._partitions[topic] = sorted(found)
-        return int(self._partitioner(key, partitions, partitions))
+        partition = int(self._partitioner(key, partitions, partitions))
+        if key is not None:  # murmur2 in Python is dear; variant keys repeat a lot
+            if len(self._partition_by_key) >= 100_000:
+                self._partition_by_key.clear()
+            self._partition_by_key[(topic, key)] = partition
+        return partition
 
     async def _send_partition(
         self,

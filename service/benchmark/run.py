@@ -38,13 +38,16 @@ async def run_benchmarks(
     *,
     scale: float = 1.0,
     naive_seconds: float = 15.0,
+    latency_rate: float | None = None,
 ) -> list[ScenarioResult]:
+    """`latency_rate`: events/s of the latency phase (default: half the measured rate)."""
     results = []
     for name in names:
         scenario = SCENARIOS[name] if scale == 1.0 else SCENARIOS[name].scaled(scale)
         run = uuid.uuid4().hex[:6]
         log.info("bench %s: %d orders, %d worker(s)", name, scenario.orders, scenario.workers)
-        result = ScenarioResult(scenario, await measure_worker(stack, scenario, run))
+        measured = await measure_worker(stack, scenario, run, latency_rate=latency_rate)
+        result = ScenarioResult(scenario, measured)
         if scenario.workers == 1:
             result.ceiling_rate = await _ceiling(stack, scenario, run)
             result.naive_rate = await _naive(stack, scenario, run, naive_seconds)

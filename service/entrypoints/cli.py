@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1.0, help="fraction of each scenario's orders"
     )
     bench.add_argument("--naive-seconds", type=float, default=15.0)
+    bench.add_argument(
+        "--latency-rate", type=float, help="events/s of the latency phase (default: half the rate)"
+    )
     bench.add_argument("--out", type=Path, default=Path("docs") / "benchmarks.md")
     bench.add_argument(
         "--database-url", help="a PostgreSQL server to create databases on (default: embedded)"
@@ -333,22 +336,30 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from service.benchmark.report import summary, write_plot, write_report
+    from service.benchmark.report import summary, write_figures, write_plot, write_report
     from service.benchmark.run import run_benchmarks
     from service.benchmark.stack import running_stack
 
     names = args.scenario or ["uniform", "flash", "multiline", "two-workers"]
     with running_stack(args.database_url, args.bootstrap_servers) as stack:
         results = asyncio.run(
-            run_benchmarks(stack, names, scale=args.scale, naive_seconds=args.naive_seconds)
+            run_benchmarks(
+                stack,
+                names,
+                scale=args.scale,
+                naive_seconds=args.naive_seconds,
+                latency_rate=args.latency_rate,
+            )
         )
     plot = args.out.with_suffix(".png")
     drew = write_plot(results, plot)
     command = " ".join(
         ["make bench (stock bench", *(f"--scenario {n}" for n in args.scenario or ())]
         + ([f"--scale {args.scale}"] if args.scale != 1.0 else [])
+        + ([f"--latency-rate {args.latency_rate}"] if args.latency_rate else [])
     ) + ")"
     write_report(results, args.out, command, plot if drew else None)
+    write_figures(results, args.out.with_suffix(".json"))
     print(summary(results))
     print(f"wrote {args.out}" + (f" and {plot}" if drew else " (no plot: pip install matplotlib)"))
     return 0

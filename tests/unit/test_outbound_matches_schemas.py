@@ -97,3 +97,15 @@ def test_header_names_and_values_of_any_bytes_survive_the_outbox() -> None:
     message = WRITER.dead_letter(Poison(record, "tombstone"))
     assert message.value is None
     assert decode_headers(message.headers_json())[:2] == [("a\x00b", b"\x00"), ("n", None)]
+
+
+def test_event_ids_are_version_4_uuids_and_unique() -> None:
+    import uuid
+
+    from service.outbound import new_event_id
+
+    ids = [new_event_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids[:500]:
+        parsed = uuid.UUID(event_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, event_id)
