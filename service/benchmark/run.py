@@ -39,14 +39,18 @@ async def run_benchmarks(
     scale: float = 1.0,
     naive_seconds: float = 15.0,
     latency_rate: float | None = None,
+    relay_apart: bool = False,
 ) -> list[ScenarioResult]:
-    """`latency_rate`: events/s of the latency phase (default: half the measured rate)."""
+    """`latency_rate`: events/s of the latency phase (default: half the measured rate).
+    `relay_apart`: workers run `--no-relay` beside one `stock relay` process."""
     results = []
     for name in names:
         scenario = SCENARIOS[name] if scale == 1.0 else SCENARIOS[name].scaled(scale)
         run = uuid.uuid4().hex[:6]
         log.info("bench %s: %d orders, %d worker(s)", name, scenario.orders, scenario.workers)
-        measured = await measure_worker(stack, scenario, run, latency_rate=latency_rate)
+        measured = await measure_worker(
+            stack, scenario, run, latency_rate=latency_rate, relay_apart=relay_apart
+        )
         result = ScenarioResult(scenario, measured)
         if scenario.workers == 1:
             result.ceiling_rate = await _ceiling(stack, scenario, run)

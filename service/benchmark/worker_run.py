@@ -73,6 +73,7 @@ async def measure_worker(
     *,
     latency_share: float = 0.25,
     latency_rate: float | None = None,
+    relay_apart: bool = False,
 ) -> WorkerRun:
     url = await fresh_database(stack, scenario.name)
     await load_catalogue(url, scenario)
@@ -82,7 +83,9 @@ async def measure_worker(
     await publish(stack.bootstrap, events)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     commits_before = await _commits(conn)
-    processes = [_start_worker(settings, n) for n in range(scenario.workers)]
+    processes = [_start_worker(settings, n, relay_apart) for n in range(scenario.workers)]
+    if relay_apart:
+        processes.append(_start(settings, ["relay"], "relay"))
     try:
         result = await _drain(conn, processes, len(events))
         result.commits_per_event = (await _commits(conn) - commits_before) / len(events)
@@ -100,15 +103,22 @@ async def measure_worker(
     return result
 
 
-def _start_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
+def _start_worker(
+    settings: Settings, index: int, relay_apart: bool
+) -> subprocess.Popen[bytes]:
+    command = ["run", "--no-api", *(["--no-relay"] if relay_apart else [])]
+    return _start(settings, command, str(index))
+
+
+def _start(settings: Settings, command: list[str], name: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCK_")}
-    for name, value in settings.model_dump().items():
+    for field_name, value in settings.model_dump().items():
         raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"STOCK_{name.upper()}"] = str(raw)
-    env["STOCK_KAFKA_CLIENT_ID"] = f"{settings.kafka_client_id}-{index}"
+        env[f"STOCK_{field_name.upper()}"] = str(raw)
+    env["STOCK_KAFKA_CLIENT_ID"] = f"{settings.kafka_client_id}-{name}"
     env["STOCK_LOG_LEVEL"] = "WARNING"
     return subprocess.Popen(
-        [sys.executable, "-m", "service.entrypoints.cli", "run", "--no-api"],
+        [sys.executable, "-m", "service.entrypoints.cli", *command],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -50,7 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-sweeper", action="store_true", help="do not expire holds here")
     run.add_argument("--no-api", action="store_true", help="the worker alone, no HTTP server")
+    run.add_argument(
+        "--no-relay", action="store_true", help="leave publishing to `stock relay` processes"
+    )
     run.set_defaults(handler=_run)
+
+    relay = commands.add_parser("relay", help="run the outbox relay alone")
+    relay.set_defaults(handler=_relay)
 
     api = commands.add_parser("api", help="run the HTTP API alone (no consumer, no relay)")
     api.set_defaults(handler=_api)
@@ -124,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--latency-rate", type=float, help="events/s of the latency phase (default: half the rate)"
     )
+    bench.add_argument(
+        "--relay-apart",
+        action="store_true",
+        help="measure workers with --no-relay beside a `stock relay` process",
+    )
     bench.add_argument("--out", type=Path, default=Path("docs") / "benchmarks.md")
     bench.add_argument(
         "--database-url", help="a PostgreSQL server to create databases on (default: embedded)"
@@ -149,8 +160,17 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from service.entrypoints.process import StockProcess
 
-    process = StockProcess(settings, api=not args.no_api, sweep=not args.no_sweeper)
+    process = StockProcess(
+        settings, api=not args.no_api, sweep=not args.no_sweeper, relay=not args.no_relay
+    )
     asyncio.run(process.run_until_signalled())
+    return 0
+
+
+def _relay(args: argparse.Namespace, settings: Settings) -> int:
+    from service.entrypoints.relay import RelayProcess
+
+    asyncio.run(RelayProcess(settings).run_until_signalled())
     return 0
 
 
@@ -349,6 +369,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
                 scale=args.scale,
                 naive_seconds=args.naive_seconds,
                 latency_rate=args.latency_rate,
+                relay_apart=args.relay_apart,
             )
         )
     plot = args.out.with_suffix(".png")
@@ -357,6 +378,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         ["make bench (stock bench", *(f"--scenario {n}" for n in args.scenario or ())]
         + ([f"--scale {args.scale}"] if args.scale != 1.0 else [])
         + ([f"--latency-rate {args.latency_rate}"] if args.latency_rate else [])
+        + (["--relay-apart"] if args.relay_apart else [])
     ) + ")"
     write_report(results, args.out, command, plot if drew else None)
     write_figures(results, args.out.with_suffix(".json"))

@@ -25,12 +25,18 @@ log = logging.getLogger(__name__)
 
 class StockProcess:
     def __init__(
-        self, settings: Settings, *, worker: bool = True, api: bool = True, sweep: bool = True
+        self,
+        settings: Settings,
+        *,
+        worker: bool = True,
+        api: bool = True,
+        sweep: bool = True,
+        relay: bool = True,
     ) -> None:
         if not (worker or api):
             raise ValueError("a process runs the worker, the API, or both")
         self.settings = settings
-        self.worker = Worker(settings, sweep=sweep) if worker else None
+        self.worker = Worker(settings, sweep=sweep, relay=relay) if worker else None
         self.api: ApiServices | None = None
         self.server: ApiServer | None = None
         if api:
