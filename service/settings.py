@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.envelope import EventType
@@ -24,6 +26,18 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(default=3, ge=1)
     kafka_topic_replication_factor: int = Field(default=1, ge=1)
     kafka_create_topics: bool = True
+    #: How every Kafka client of the worker connects (consumer, relay, admin, stream).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    #: TLS (SSL, SASL_SSL): the CA bundle to trust (default: the system's), and a client
+    #: certificate and key for mutual TLS.
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
 
     topic_order_checkout: str = EventType.ORDER_CHECKOUT
     topic_payment_succeeded: str = EventType.PAYMENT_SUCCEEDED
@@ -90,6 +104,17 @@ class Settings(BaseSettings):
     stream_max_clients: int = Field(default=1000, ge=1)
 
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"STOCK_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "STOCK_KAFKA_SASL_USERNAME and STOCK_KAFKA_SASL_PASSWORD"
+            )
+        return self
 
     @property
     def api_token_list(self) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service import metrics
+from service.adapters.kafka import kafka_client_options
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class StockChangeFeed:
             enable_auto_commit=False,
             # Changes are pushed as soon as the relay publishes them.
             fetch_max_wait_ms=100,
+            **kafka_client_options(self.settings),
         )
         await consumer.start()
         self._consumer = consumer

@@ -4,14 +4,51 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from faststream.kafka.security import parse_security
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def kafka_security(settings: Settings) -> BaseSecurity | None:
+    """STOCK_KAFKA_SECURITY_* as FastStream's security object: the one place TLS and
+    SASL are read. `kafka_client_options` turns it into aiokafka's arguments the way
+    FastStream does, so the consumer and the other clients cannot disagree."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    use_ssl = protocol in ("SSL", "SASL_SSL")
+    context = (
+        create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+        if use_ssl
+        else None
+    )
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+    return sasl[settings.kafka_sasl_mechanism](
+        settings.kafka_sasl_username,
+        settings.kafka_sasl_password.get_secret_value(),
+        ssl_context=context,
+        use_ssl=use_ssl,
+    )
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the configured TLS and SASL (none for PLAINTEXT)."""
+    return parse_security(kafka_security(settings))
 
 
 def create_producer(settings: Settings) -> AIOKafkaProducer:
@@ -21,6 +58,7 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=5,
+        **kafka_client_options(settings),
     )
 
 
@@ -30,6 +68,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"{settings.kafka_client_id}-admin",
+        **kafka_client_options(settings),
     )
     await admin.start()
     try:

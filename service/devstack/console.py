@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.envelope import build_event
+from service.adapters.kafka import kafka_client_options
 from service.settings import Settings
 
 
@@ -25,6 +26,7 @@ async def publish_event(
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_idempotence=settings.kafka_enable_idempotence,
+        **kafka_client_options(settings),
     )
     await producer.start()
     try:
@@ -42,6 +44,7 @@ async def tail_topics(settings: Settings, topics: list[str], *, seconds: float |
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
         auto_offset_reset="earliest",
+        **kafka_client_options(settings),
     )
     await consumer.start()
     loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from faststream import AckPolicy, Context
 from faststream.kafka import KafkaBroker
 
 from service.adapters.database import create_engine
-from service.adapters.kafka import create_producer, ensure_topics
+from service.adapters.kafka import create_producer, ensure_topics, kafka_security
 from service.adapters.migrate import refuse_outdated_schema
 from service.adapters.outbox_relay import OutboxRelay
 from service.application.consume import BatchConsumer
@@ -51,6 +51,7 @@ def build_broker(settings: Settings, consumer: BatchConsumer) -> KafkaBroker:
         settings.kafka_bootstrap_servers,
         client_id=settings.kafka_client_id,
         enable_idempotence=settings.kafka_enable_idempotence,
+        security=kafka_security(settings),
         log_level=logging.DEBUG,  # one line per batch at INFO is noise at this rate
         # On stop, the batch in hand gets this long to commit before it is cancelled
         # (uncommitted, so redelivered to whoever takes the partition).
