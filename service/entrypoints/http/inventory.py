@@ -54,20 +54,26 @@ Services = Annotated[ApiServices, Depends(services)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
+        (400, "`bad_request`: a body that is not even text (invalid UTF-8)."),
         (401, "No valid bearer token (`unauthorized`)."),
         (404, "`unknown_variant`, `unknown_reservation` or `unknown_product`."),
         (409, "`insufficient_stock` (with shortages), `reservation_closed`, "
          "`reservation_mismatch` or `count_below_reserved`."),
+        (413, "`payload_too_large`: the body is over STOCK_HTTP_MAX_BODY_BYTES."),
         (422, "`validation_failed` and other invalid input."),
         (503, "`database_unavailable`: try again."),
     )
 }
 
+#: Reads take a token only if STOCK_API_READS_REQUIRE_TOKEN: optional, in OpenAPI terms.
+#: FastAPI lists the bearer scheme; this adds the empty requirement that makes it optional.
+OPTIONAL_BEARER: dict[str, Any] = {"security": [{}]}
+
 reads = APIRouter(dependencies=[Depends(require_read_token)], responses=_ERRORS)
 writes = APIRouter(dependencies=[Depends(require_write_token)], responses=_ERRORS)
 
 
-@reads.get("/check/{variantId}", response_model=models.Availability)
+@reads.get("/check/{variantId}", response_model=models.Availability, openapi_extra=OPTIONAL_BEARER)
 async def check_availability(
     svc: Services,
     variant_id: VariantId,
@@ -163,7 +169,7 @@ async def adjust(
     return _changes(changes)
 
 
-@reads.get("/alerts/low-stock", response_model=models.LowStock)
+@reads.get("/alerts/low-stock", response_model=models.LowStock, openapi_extra=OPTIONAL_BEARER)
 async def low_stock(
     svc: Services,
     threshold: Annotated[
@@ -182,7 +188,9 @@ async def low_stock(
     )
 
 
-@reads.get("/product/{productId}", response_model=models.ProductReport)
+@reads.get(
+    "/product/{productId}", response_model=models.ProductReport, openapi_extra=OPTIONAL_BEARER
+)
 async def product_report(
     svc: Services, product_id: ProductId
 ) -> models.ProductReport:
@@ -199,7 +207,7 @@ async def product_report(
     )
 
 
-@reads.get("/logs/{variantId}", response_model=models.AuditLog)
+@reads.get("/logs/{variantId}", response_model=models.AuditLog, openapi_extra=OPTIONAL_BEARER)
 async def audit_log(
     svc: Services,
     variant_id: VariantId,

@@ -19,6 +19,7 @@ from fastapi.responses import StreamingResponse
 from service.adapters.change_feed import FeedClosed, SubscriberTooSlow, Subscription
 from service.entrypoints.http.auth import require_read_token
 from service.entrypoints.http.errors import TooManyStreams
+from service.entrypoints.http.inventory import OPTIONAL_BEARER
 from service.entrypoints.http.services import ApiServices, services
 
 router = APIRouter(dependencies=[Depends(require_read_token)])
@@ -30,6 +31,7 @@ Ids = Annotated[list[str], Query(max_length=100)]
     "/stream",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "SSE stream"}},
+    openapi_extra=OPTIONAL_BEARER,
 )
 async def stream_stock_changes(
     svc: Annotated[ApiServices, Depends(services)],
