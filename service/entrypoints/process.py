@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 from service.adapters.database import create_engine
 from service.adapters.kafka import ensure_topics
@@ -78,13 +79,20 @@ class StockProcess:
             await self.worker.stop()
 
     async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await self.start()
-            await stop.wait()
-            log.info("stopping: finishing the batch in hand, then committing")
-        finally:
-            await self.stop()
+        await run_until_signalled(self.start, self.stop)
+
+
+async def run_until_signalled(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
+    """Start, wait for SIGINT or SIGTERM, stop; stop also when start failed half-way."""
+    signalled = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, signalled.set)
+    try:
+        await start()
+        await signalled.wait()
+        log.info("stopping: finishing the work in hand, then committing")
+    finally:
+        await stop()

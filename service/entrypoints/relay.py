@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 from service.adapters.kafka import create_producer, ensure_topics
 from service.adapters.outbox_relay import OutboxRelay
+from service.entrypoints.process import run_until_signalled
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,4 @@ class RelayProcess:
             self.producer = None
 
     async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await self.start()
-            await stop.wait()
-        finally:
-            await self.stop()
+        await run_until_signalled(self.start, self.stop)

@@ -255,3 +255,31 @@ def test_tokens_are_compared_case_sensitively() -> None:
 def test_a_non_ascii_token_is_compared_like_any_other() -> None:
     assert token_is_valid("clé-ünïcode", ["other", "clé-ünïcode"])
     assert not token_is_valid("cle-unicode", ["clé-ünïcode"])
+
+
+async def test_a_feed_that_loses_kafka_cuts_every_subscriber_off() -> None:
+    """Changes published while the feed reconnects are never streamed: each
+    subscriber is told (overflow) so it reconnects and re-reads the levels."""
+    import asyncio
+
+    from service.adapters.change_feed import StockChangeFeed
+    from service.settings import Settings
+
+    feed = StockChangeFeed(Settings(retry_initial_backoff_seconds=0.01))
+    subscriber = feed.subscribe()
+    lost = asyncio.Event()
+
+    async def broken_tail() -> None:
+        if lost.is_set():
+            await asyncio.sleep(3600)
+        lost.set()
+        raise ConnectionError("broker away")
+
+    feed._tail = broken_tail  # type: ignore[method-assign]
+    await feed.start()
+    try:
+        await asyncio.wait_for(lost.wait(), 5)
+        with pytest.raises(SubscriberTooSlow):
+            await subscriber.next(1)
+    finally:
+        await feed.stop()

@@ -43,3 +43,11 @@ async def test_subscriber_listens_on_every_consumed_topic() -> None:
     broker = build_broker(settings, RecordingConsumer())  # type: ignore[arg-type]
     [subscriber] = broker.subscribers
     assert {getattr(t, "name", t) for t in subscriber.topics} == set(settings.consumed_topics)
+
+
+def test_the_fetch_wait_setting_reaches_the_consumer() -> None:
+    from service.settings import Settings
+
+    broker = build_broker(Settings(kafka_fetch_max_wait_ms=37), RecordingConsumer())  # type: ignore[arg-type]
+    [subscriber] = broker.subscribers
+    assert subscriber._connection_args["fetch_max_wait_ms"] == 37

@@ -31,3 +31,10 @@ def test_a_value_the_driver_cannot_encode_is_not_retried_forever() -> None:
 def test_os_level_connection_errors_are_transient() -> None:
     assert is_transient(ConnectionRefusedError())
     assert is_transient(TimeoutError())
+
+
+def test_no_pooled_connection_in_time_is_transient() -> None:
+    """The pool is busy, not broken: an HTTP request answers 503, the worker retries."""
+    from sqlalchemy import exc as sa_exc
+
+    assert is_transient(sa_exc.TimeoutError("QueuePool limit reached"))
