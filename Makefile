@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test test-fast lint typecheck check migrate bench clean
+.PHONY: help venv run test test-fast lint typecheck check migrate bench faults clean
 
 help:
 	@echo "make run        embedded PostgreSQL + Kafka-protocol broker + sample catalogue + worker"
@@ -14,6 +14,7 @@ help:
 	@echo "make typecheck  mypy --strict on service/ and schemas/"
 	@echo "make migrate    alembic upgrade head against STOCK_DATABASE_URL"
 	@echo "make bench      benchmarks: writes docs/benchmarks.md and docs/benchmarks.png"
+	@echo "make faults     fault suite (kill, pause, DB crash, broker cut, rewind, poison): docs/reliability.md"
 	@echo "make clean      remove the virtualenv and the embedded stack's data"
 
 venv: $(STAMP)
@@ -48,6 +49,10 @@ migrate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/stock bench $(BENCH_ARGS)
+
+# Not part of `make test` either (about 10 minutes); `make test` runs its short version.
+faults: $(STAMP)
+	$(BIN)/python -m tests.faults --out docs/reliability.md $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .stock-dev .pytest_cache .mypy_cache .ruff_cache

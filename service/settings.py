@@ -27,9 +27,7 @@ class Settings(BaseSettings):
     kafka_topic_replication_factor: int = Field(default=1, ge=1)
     kafka_create_topics: bool = True
     #: How every Kafka client of the worker connects (consumer, relay, admin, stream).
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str = ""
     kafka_sasl_password: SecretStr = SecretStr("")
@@ -66,6 +64,14 @@ class Settings(BaseSettings):
     #: there is any; a broker that holds every fetch this long (tansu does) adds it to
     #: each event's latency, so it is short.
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=1)
+    #: How long the group waits for a silent worker before giving its partitions to
+    #: the others (a crash or a pause is noticed after this long).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    #: Static group membership (KIP-345): a stable name per replica (a StatefulSet pod
+    #: name). A worker that restarts under the same name takes its partitions back
+    #: without a rebalance; two live processes must never share one.
+    kafka_group_instance_id: str | None = None
 
     #: A dead-lettered value above this is cut to it (header `truncated-from` says the
     #: original size), so the copy fits Kafka's default 1 MB message limit.

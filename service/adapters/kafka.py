@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
@@ -60,6 +61,40 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=5,
         **kafka_client_options(settings),
     )
+
+
+async def wait_for_broker(settings: Settings) -> None:
+    """At start, a broker that cannot be reached yet is waited for, with backoff.
+
+    A worker restarted during a broker outage would otherwise exit, be restarted,
+    exit again: a crash loop whose restart delays (Kubernetes doubles them up to five
+    minutes) outlast the outage. Errors other than "cannot connect" still fail fast.
+    """
+    backoff = settings.retry_initial_backoff_seconds
+    failures = 0
+    while True:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=f"{settings.kafka_client_id}-admin",
+            **kafka_client_options(settings),
+        )
+        try:
+            await admin.start()
+            await admin.list_topics()
+            if failures:
+                log.warning("broker reachable after %d attempts", failures + 1)
+            return
+        except KafkaConnectionError as error:
+            failures += 1
+            if failures == 1 or failures % 10 == 0:
+                log.warning(
+                    "waiting for the broker (%s); retry %d in %.1fs", error, failures, backoff
+                )
+        finally:
+            with contextlib.suppress(KafkaError, OSError):
+                await admin.close()
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, settings.retry_max_backoff_seconds)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

@@ -11,6 +11,8 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.adapters.database import retry_transient
+
 #: The top-level migrations/ folder of this repository (the worker runs from a checkout
 #: or an image built from one, see deploy/Dockerfile).
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -62,7 +64,13 @@ async def schema_problem(engine: AsyncEngine) -> str | None:
     )
 
 
-async def refuse_outdated_schema(engine: AsyncEngine) -> None:
-    problem = await schema_problem(engine)
+async def refuse_outdated_schema(engine: AsyncEngine, *, max_backoff: float = 5.0) -> None:
+    """Exit if the schema is too old. A database that is down is waited for, so a
+    worker restarted during an outage starts when it returns instead of crash-looping."""
+    problem = await retry_transient(
+        lambda: schema_problem(engine),
+        what="schema check at start (waiting for the database)",
+        max_backoff=max_backoff,
+    )
     if problem is not None:
         raise SystemExit(problem)

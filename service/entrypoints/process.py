@@ -13,7 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from service.adapters.database import create_engine
-from service.adapters.kafka import ensure_topics
+from service.adapters.kafka import ensure_topics, wait_for_broker
 from service.adapters.migrate import refuse_outdated_schema
 from service.entrypoints.http.app import create_app
 from service.entrypoints.http.server import ApiServer
@@ -58,6 +58,7 @@ class StockProcess:
         if self.api is not None and self.server is not None:
             if self.worker is None:
                 await refuse_outdated_schema(self.api.engine)
+                await wait_for_broker(self.settings)
                 if self.settings.kafka_create_topics:
                     await ensure_topics(self.settings)
             await self.api.feed.start()

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Any
 
-from service.adapters.kafka import create_producer, ensure_topics
+from service.adapters.kafka import create_producer, ensure_topics, wait_for_broker
 from service.adapters.outbox_relay import OutboxRelay
 from service.entrypoints.process import run_until_signalled
 from service.settings import Settings
@@ -28,6 +28,7 @@ class RelayProcess:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await wait_for_broker(self.settings)
         if self.settings.kafka_create_topics:
             await ensure_topics(self.settings)
         self.producer = create_producer(self.settings)

@@ -18,7 +18,7 @@ from faststream import AckPolicy, Context
 from faststream.kafka import KafkaBroker
 
 from service.adapters.database import create_engine
-from service.adapters.kafka import create_producer, ensure_topics, kafka_security
+from service.adapters.kafka import create_producer, ensure_topics, kafka_security, wait_for_broker
 from service.adapters.migrate import refuse_outdated_schema
 from service.adapters.outbox_relay import OutboxRelay
 from service.application.consume import BatchConsumer
@@ -65,6 +65,9 @@ def build_broker(settings: Settings, consumer: BatchConsumer) -> KafkaBroker:
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_linger_ms,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        group_instance_id=settings.kafka_group_instance_id,
         auto_offset_reset="earliest",
         # A checkout from a producer transaction that aborted never happened.
         isolation_level="read_committed",
@@ -98,6 +101,7 @@ class Worker:
 
     async def start(self) -> None:
         await self._check_schema()
+        await wait_for_broker(self.settings)
         if self.settings.kafka_create_topics:
             await ensure_topics(self.settings)
         if self._relay:

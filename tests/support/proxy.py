@@ -1,4 +1,5 @@
-"""A TCP proxy in front of PostgreSQL that a test can cut and restore: a real outage.
+"""A TCP proxy in front of PostgreSQL (or a broker) that a test can cut and restore:
+a real outage.
 
 The worker connects through it; `cut()` refuses new connections and drops the open
 ones, as a crashed or unreachable server would; `restore()` lets traffic through again.
@@ -14,26 +15,32 @@ from sqlalchemy.engine import make_url
 
 
 class CuttableProxy:
-    def __init__(self, target_url: str) -> None:
+    def __init__(
+        self, target_url: str = "", *, tcp_target: tuple[str, int] | None = None, port: int = 0
+    ) -> None:
+        """Either a PostgreSQL URL (TCP or socket) or a plain `tcp_target` (host, port);
+        `port` is where the proxy listens (0: any free port)."""
+        self.port = port
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._unix_path: str | None = None
+        self._tcp_target: tuple[str, int] | None = tcp_target
+        if tcp_target is not None:
+            return
         url = make_url(target_url)
         socket_dir = url.query.get("host")
         if isinstance(socket_dir, tuple):
             socket_dir = socket_dir[0]
-        self._unix_path: str | None = None
-        self._tcp_target: tuple[str, int] | None = None
         if socket_dir and str(socket_dir).startswith("/"):
             self._unix_path = str(Path(socket_dir) / f".s.PGSQL.{url.port or 5432}")
         else:
             self._tcp_target = (url.host or "127.0.0.1", url.port or 5432)
         self._target_url = url
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
 
     @property
     def url(self) -> str:
-        """The target database's URL, through the proxy."""
+        """The target database's URL, through the proxy (URL-built proxies only)."""
         url = self._target_url.set(host="127.0.0.1", port=self.port)
         url = url.difference_update_query(["host"])
         return url.render_as_string(hide_password=False)

@@ -1,0 +1,484 @@
+"""The faults, one scenario each and then all together, and how one scenario runs.
+
+A scenario: fresh database and topics; two worker processes in one group; the shop
+publishes its stream at a steady rate while the scenario's faults strike at random
+(seeded) moments; then the faults heal, the backlog drains, the workers stop and the
+checker compares everything with the reference model.
+
+Recovery time of a fault: from the moment it ends (the process restarted or resumed,
+the database or broker back) until every valid event the shop had sent before that
+moment is applied. For the rewind: until the group has consumed again everything the
+input topics held when the workers came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.faults.checker import OutputTopics, Verdict, check
+from tests.faults.stack import API_TOKEN, Stack, WorkerPool, fresh_database, run_settings
+from tests.faults.workload import SOURCE, Mix, Planned, Topics, Workload, build_workload
+
+#: aiokafka's default group session timeout: a paused worker loses its partitions after it.
+SESSION_TIMEOUT = 10.0
+DRAIN_TIMEOUT = 240.0
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    at: float
+    healed_at: float = 0.0
+    recovered_at: float | None = None
+    detail: str = ""
+    #: For the rewind: the input offsets the group must commit again to have caught up.
+    caught_up_at_offsets: dict[TopicPartition, int] | None = None
+
+    @property
+    def recovery_seconds(self) -> float | None:
+        if self.recovered_at is None:
+            return None
+        return max(self.recovered_at - self.healed_at, 0.0)
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    title: str
+    seed: int
+    verdict: Verdict
+    faults: list[FaultRecord]
+    seconds: float
+    drained_seconds: float | None
+    unexpected_exits: int
+    health_failures: int
+    health_probes: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.verdict.ok
+            and self.drained_seconds is not None
+            and all(f.recovered_at is not None for f in self.faults)
+        )
+
+
+class Run:
+    """Shared state of one scenario run: what the faults act on and what they report."""
+
+    def __init__(
+        self, stack: Stack, pool: WorkerPool, workload: Workload, topics: Topics, rng: random.Random
+    ) -> None:
+        self.stack = stack
+        self.pool = pool
+        self.workload = workload
+        self.topics = topics
+        self.rng = rng
+        self.t0 = 0.0
+        self.sent_valid: list[str] = []
+        self.faults: list[FaultRecord] = []
+        self.load_done = asyncio.Event()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def healed(self, fault: FaultRecord) -> None:
+        fault.healed_at = self.now()
+        self.faults.append(fault)
+
+
+# ---------------------------------------------------------------------------- faults
+
+Fault = Callable[[Run], Awaitable[None]]
+
+
+async def kill_workers(run: Run, times: int = 4) -> None:
+    """SIGKILL a worker, repeatedly; the supervisor brings it back. Each kill waits
+    until the worker is consuming again and then strikes within a second or two,
+    while it is catching up on the backlog the last kill left: mid-batch, between a
+    commit and its offset commit, or mid-relay, rather than while it idles."""
+    await asyncio.sleep(run.rng.uniform(2.0, 5.0))
+    for _ in range(times):
+        slot = run.rng.choice(run.pool.slots)
+        await run.pool.wait_ready([slot])
+        await asyncio.sleep(run.rng.uniform(0.1, 2.0))
+        busy = await run.pool.cpu_busy(slot)
+        fault = FaultRecord(
+            "kill", run.now(), detail=f"worker {slot.index}, {'busy' if busy else 'idle'}"
+        )
+        run.pool.signal(slot, signal.SIGKILL)
+        while slot.process is None or slot.process.poll() is not None or slot.doomed:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # until the supervisor has restarted it
+        run.healed(fault)
+
+
+async def pause_worker(run: Run) -> None:
+    """SIGSTOP past the session timeout (the group gives its partitions away), then
+    SIGCONT: a zombie with a batch in hand that must not corrupt anything."""
+    await asyncio.sleep(run.rng.uniform(2.0, 5.0))
+    slot = run.rng.choice(run.pool.slots)
+    seconds = SESSION_TIMEOUT + 5
+    fault = FaultRecord("pause", run.now(), detail=f"worker {slot.index} for {seconds:.0f}s")
+    run.pool.signal(slot, signal.SIGSTOP)
+    await asyncio.sleep(seconds)
+    run.pool.signal(slot, signal.SIGCONT)
+    run.healed(fault)
+
+
+async def restart_database(run: Run) -> None:
+    """`pg_ctl stop -m immediate` mid-load, down a few seconds, then started again."""
+    await asyncio.sleep(run.rng.uniform(3.0, 8.0))
+    down = run.rng.uniform(3.0, 6.0)
+    fault = FaultRecord("db-restart", run.now(), detail=f"down {down:.1f}s")
+    await asyncio.to_thread(run.stack.postgres.crash)
+    await asyncio.sleep(down)
+    await asyncio.to_thread(run.stack.postgres.restart)
+    run.healed(fault)
+
+
+async def cut_broker(run: Run) -> None:
+    """The broker unreachable for everyone (connections dropped, new ones refused)."""
+    await asyncio.sleep(run.rng.uniform(3.0, 8.0))
+    away = run.rng.uniform(8.0, 15.0)
+    fault = FaultRecord("broker-cut", run.now(), detail=f"away {away:.1f}s")
+    await asyncio.to_thread(run.stack.proxy.cut)
+    await asyncio.sleep(away)
+    await asyncio.to_thread(run.stack.proxy.restore)
+    run.healed(fault)
+
+
+async def rewind_offsets(run: Run) -> None:
+    """Stop the workers, set the group's offsets back to the beginning of every input
+    partition (as `kafka-consumer-groups --reset-offsets --to-earliest` does), start
+    them again: everything is delivered a second time."""
+    await asyncio.sleep(run.rng.uniform(5.0, 10.0))
+    fault = FaultRecord("rewind", run.now())
+    await run.pool.stop_all()
+    settings = run.pool.settings
+    consumer = AIOKafkaConsumer(
+        *run.topics.all(),
+        bootstrap_servers=run.stack.bootstrap,
+        group_id=settings.kafka_group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = {
+            TopicPartition(t, p)
+            for t in run.topics.all()
+            for p in consumer.partitions_for_topic(t) or ()
+        }
+        while consumer.assignment() != partitions:
+            await consumer.getmany(timeout_ms=200)
+        await consumer.commit({tp: 0 for tp in partitions})
+        ends = await consumer.end_offsets(list(partitions))
+    finally:
+        await consumer.stop()
+    fault.detail = f"{sum(ends.values())} records redelivered"
+    fault.caught_up_at_offsets = ends
+    run.pool.start_all()
+    run.healed(fault)
+
+
+FAULTS: dict[str, Fault] = {
+    "kill": kill_workers,
+    "pause": pause_worker,
+    "db-restart": restart_database,
+    "broker-cut": cut_broker,
+    "rewind": rewind_offsets,
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    faults: tuple[str, ...] = ()
+    mix: Mix = field(default_factory=Mix)
+
+
+def scenarios(short: bool) -> list[Scenario]:
+    seconds = 20.0 if short else 40.0
+    plain = Mix(seconds=seconds)
+    every = Scenario(
+        "all",
+        "Every fault in one run, poison and expiring holds included",
+        ("kill", "pause", "db-restart", "broker-cut", "rewind"),
+        Mix(seconds=seconds * 1.5, poison_share=0.08, short_hold_share=0.12),
+    )
+    if short:
+        return [every]
+    return [
+        Scenario("baseline", "No fault (the checker's control)", (), plain),
+        Scenario("kill", "SIGKILL a worker at random moments, 3 times", ("kill",), plain),
+        Scenario(
+            "pause", "SIGSTOP a worker past the session timeout, then SIGCONT", ("pause",), plain
+        ),
+        Scenario(
+            "db-restart", "PostgreSQL stopped -m immediate, then started", ("db-restart",), plain
+        ),
+        Scenario("broker-cut", "The broker unreachable for 8-15 s", ("broker-cut",), plain),
+        Scenario("rewind", "The group's offsets rewound to the beginning", ("rewind",), plain),
+        Scenario(
+            "poison",
+            "Poison at 15% of the stream, every kind",
+            (),
+            Mix(seconds=seconds, poison_share=0.15),
+        ),
+        Scenario(
+            "expiry",
+            "30% of holds expire around their payment",
+            (),
+            Mix(seconds=seconds, short_hold_share=0.3),
+        ),
+        every,
+    ]
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+async def run_scenario(stack: Stack, scenario: Scenario, seed: int) -> ScenarioResult:
+    started = time.monotonic()
+    rng = random.Random(seed)
+    url = await fresh_database(stack, scenario.name)
+    settings = run_settings(url, stack, f"{scenario.name}-{seed}")
+    topics = Topics(
+        settings.topic_order_checkout,
+        settings.topic_payment_succeeded,
+        settings.topic_payment_failed,
+        settings.topic_order_cancelled,
+    )
+    outputs = OutputTopics(
+        settings.topic_stock_changed, settings.topic_stock_reservation, settings.topic_dlq
+    )
+    await _create_topics(stack.bootstrap, [*topics.all(), *settings.published_topics])
+    # The load starts once the workers are ready; holds are placed relative to then.
+    log_dir = stack.work_dir / f"{scenario.name}-{seed}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pool = WorkerPool(settings, 2, log_dir)
+    pool.start_all()
+    supervisor = asyncio.create_task(pool.supervise())
+    prober = asyncio.create_task(pool.probe_health())
+    try:
+        await pool.wait_ready()
+        load_start = datetime.now(UTC)
+        workload = build_workload(topics, scenario.mix, seed=seed, started=load_start)
+        await _load_catalogue(pool, workload.catalogue)
+        run = Run(stack, pool, workload, topics, rng)
+        run.t0 = time.monotonic()
+        loader = asyncio.create_task(_publish(run))
+        monitor = asyncio.create_task(RecoveryWatch(run, url).watch())
+        await asyncio.gather(*(FAULTS[name](run) for name in scenario.faults))
+        await loader
+        drained = await _drain(run, url)
+        monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await monitor
+    finally:
+        supervisor.cancel()
+        prober.cancel()
+        await pool.stop_all()
+    verdict = await check(workload, topics, outputs, url, stack.bootstrap)
+    for fault in run.faults:
+        if fault.recovered_at is None:
+            verdict.problem(f"{fault.kind} at {fault.at:.1f}s never recovered")
+    return ScenarioResult(
+        scenario.name,
+        scenario.title,
+        seed,
+        verdict,
+        run.faults,
+        time.monotonic() - started,
+        drained,
+        len(pool.unexpected_exits()),
+        pool.health_failures,
+        pool.health_probes,
+        workload.counts,
+    )
+
+
+async def _create_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, 3, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def _load_catalogue(pool: WorkerPool, catalogue: dict[str, int]) -> None:
+    """Through the API like any warehouse would, so each unit has its audit row."""
+    updates = [
+        {"variantId": v, "quantity": units, "productId": "fault-product", "reason": "opening stock"}
+        for v, units in catalogue.items()
+    ]
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(
+            f"http://127.0.0.1:{pool.slots[0].port}/api/inventory/restock",
+            json={"updates": updates},
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        )
+        answer.raise_for_status()
+
+
+async def _publish(run: Run) -> None:
+    """Send every planned record at its time. A send the broker did not acknowledge
+    (it was away) is sent again, bytes unchanged, until it is: so every record is on
+    its topic at least once, as with any producer that retries."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=run.stack.bootstrap,
+        enable_idempotence=False,
+        linger_ms=5,
+        request_timeout_ms=5000,
+        max_request_size=4 * 1024 * 1024,
+    )
+    await producer.start()
+    pending: list[tuple[Planned, asyncio.Future[object]]] = []
+    try:
+        for record in run.workload.records:
+            delay = record.at - run.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append((record, await _send(producer, record)))
+            if record.event_id is not None:
+                run.sent_valid.append(record.event_id)
+            pending = await _resend_failed(producer, pending, wait=False)
+        while pending:
+            pending = await _resend_failed(producer, pending, wait=True)
+    finally:
+        await producer.stop()
+        run.load_done.set()
+
+
+async def _send(producer: AIOKafkaProducer, record: Planned) -> asyncio.Future[object]:
+    while True:
+        try:
+            future: asyncio.Future[object] = await producer.send(
+                record.topic, record.value, key=record.key, headers=list(record.headers)
+            )
+            return future
+        except Exception:
+            await asyncio.sleep(0.5)
+
+
+async def _resend_failed(
+    producer: AIOKafkaProducer, pending: list[tuple[Planned, asyncio.Future[object]]], wait: bool
+) -> list[tuple[Planned, asyncio.Future[object]]]:
+    if wait:
+        await asyncio.wait([f for _, f in pending])
+    still: list[tuple[Planned, asyncio.Future[object]]] = []
+    for record, future in pending:
+        if not future.done():
+            still.append((record, future))
+        elif future.exception() is not None:
+            still.append((record, await _send(producer, record)))
+    return still
+
+
+class RecoveryWatch:
+    """Stamps each healed fault with the moment everything sent before it is applied
+    (for a rewind: the moment the group has committed its way back to the end)."""
+
+    def __init__(self, run: Run, url: str) -> None:
+        self.run = run
+        self.url = url
+        self._due: dict[int, list[str]] = {}
+        self._conn: asyncpg.Connection | None = None
+        self._offsets: AIOKafkaConsumer | None = None
+
+    async def watch(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(0.25)
+                for fault in self.run.faults:
+                    if fault.recovered_at is None:
+                        await self._check(fault)
+        finally:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+            if self._offsets is not None:
+                await self._offsets.stop()
+
+    async def _check(self, fault: FaultRecord) -> None:
+        try:
+            if fault.caught_up_at_offsets is not None:
+                if await self._committed_at_least(fault.caught_up_at_offsets):
+                    fault.recovered_at = self.run.now()
+                return
+            # What the shop had sent when the fault healed (first seen just after).
+            due = self._due.setdefault(id(fault), list(dict.fromkeys(self.run.sent_valid)))
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(self.url, timeout=2)
+            applied = await self._conn.fetchval(
+                "SELECT count(*) FROM processed_events WHERE source = $1 "
+                "AND event_id = ANY($2::text[])",
+                SOURCE,
+                due,
+            )
+            if applied >= len(due):
+                fault.recovered_at = self.run.now()
+        except Exception:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+            self._conn = None
+
+    async def _committed_at_least(self, ends: dict[TopicPartition, int]) -> bool:
+        if self._offsets is None:
+            self._offsets = AIOKafkaConsumer(
+                bootstrap_servers=self.run.stack.bootstrap,
+                group_id=self.run.pool.settings.kafka_group_id,
+                enable_auto_commit=False,
+            )
+            await self._offsets.start()
+        for tp, end in ends.items():
+            if (await self._offsets.committed(tp) or 0) < end:
+                return False
+        return True
+
+
+async def _drain(run: Run, url: str) -> float | None:
+    """Wait for: every sent event applied, every poison record dead-lettered, the outbox
+    empty, every short hold settled. Returns seconds after the load ended, or None."""
+    ended = time.monotonic()
+    valid = set(run.sent_valid)
+    poison = sum(r.poison is not None for r in run.workload.records)
+    while time.monotonic() - ended < DRAIN_TIMEOUT:
+        try:
+            conn = await asyncpg.connect(url, timeout=2)
+            try:
+                applied, dead, backlog, lapsed = await conn.fetchrow(
+                    """
+                    SELECT (SELECT count(*) FROM processed_events WHERE source = $1),
+                           (SELECT count(*) FROM dead_letters),
+                           (SELECT count(*) FROM outbox WHERE published_at IS NULL),
+                           (SELECT count(*) FROM orders
+                             WHERE phase = 'RESERVED' AND expires_at < now())
+                    """,
+                    SOURCE,
+                )
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError):
+            await asyncio.sleep(0.5)
+            continue
+        recovered = all(f.recovered_at is not None for f in run.faults)
+        if applied >= len(valid) and dead >= poison and not backlog and not lapsed and recovered:
+            return time.monotonic() - ended
+        await asyncio.sleep(0.5)
+    return None

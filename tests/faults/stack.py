@@ -1,0 +1,300 @@
+"""What a fault run stands on, with handles to break each part.
+
+- PostgreSQL: the embedded server, which the suite can crash (`-m immediate`) and start.
+- The broker: tansu behind a TCP proxy that every client goes through (the broker
+  advertises the proxy's address), so the suite can make it unreachable for everyone.
+- The workers: real `stock run` processes under a supervisor that restarts any that
+  exits, as Kubernetes or systemd would, and counts the exits it did not cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+from service.adapters.migrate import upgrade_to_head
+from service.devstack.servers import EmbeddedPostgres, TansuBroker, free_port
+from service.settings import Settings
+from tests.support.proxy import CuttableProxy
+
+API_TOKEN = "fault-suite-token"
+
+
+class BrokerProxy:
+    """The cuttable proxy on a loop of its own thread, so nothing the suite does
+    (a blocking `pg_ctl`, a slow check) ever stalls the broker's traffic."""
+
+    def __init__(self, broker_port: int, listen_port: int) -> None:
+        self.proxy = CuttableProxy(tcp_target=("127.0.0.1", broker_port), port=listen_port)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._call(self.proxy.start())
+
+    def cut(self) -> None:
+        self._call(self.proxy.cut())
+
+    def restore(self) -> None:
+        self._call(self.proxy.restore())
+
+    def stop(self) -> None:
+        self._call(self.proxy.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _call(self, coroutine: object) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)  # type: ignore[arg-type]
+
+
+@dataclass
+class Stack:
+    postgres: EmbeddedPostgres
+    broker: TansuBroker
+    proxy: BrokerProxy
+    server_url: str
+    #: The proxy's address: what every client of the run is given.
+    bootstrap: str
+    work_dir: Path
+
+
+@contextlib.contextmanager
+def fault_stack() -> Iterator[Stack]:
+    work_dir = Path(tempfile.mkdtemp(prefix="stock-faults-"))
+    proxy_port = free_port()
+    with contextlib.ExitStack() as cleanup:
+        postgres = EmbeddedPostgres(work_dir / "pg", delete_on_stop=True)
+        server_url = postgres.start()
+        cleanup.callback(postgres.stop)
+        broker = TansuBroker(advertised_port=proxy_port)
+        broker.start()
+        cleanup.callback(broker.stop)
+        proxy = BrokerProxy(broker.port, proxy_port)
+        proxy.start()
+        cleanup.callback(proxy.stop)
+        yield Stack(postgres, broker, proxy, server_url, f"127.0.0.1:{proxy_port}", work_dir)
+
+
+async def fresh_database(stack: Stack, label: str) -> str:
+    name = f"faults_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
+    admin = await asyncpg.connect(stack.server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = make_url(stack.server_url).set(database=name).render_as_string(hide_password=False)
+    await asyncio.to_thread(upgrade_to_head, url)
+    return url
+
+
+def run_settings(url: str, stack: Stack, run: str) -> Settings:
+    """Topics and a group of the run's own; holds swept often (short holds expire)."""
+    prefix = f"faults-{run}"
+    return Settings(
+        database_url=url,
+        kafka_bootstrap_servers=stack.bootstrap,
+        kafka_group_id=f"{prefix}-stock",
+        kafka_client_id=prefix,
+        topic_order_checkout=f"{prefix}.order.checkout",
+        topic_payment_succeeded=f"{prefix}.payment.succeeded",
+        topic_payment_failed=f"{prefix}.payment.failed",
+        topic_order_cancelled=f"{prefix}.order.cancelled",
+        topic_stock_changed=f"{prefix}.stock.changed",
+        topic_stock_low=f"{prefix}.stock.low",
+        topic_stock_reservation=f"{prefix}.stock.reservation",
+        topic_dlq=f"{prefix}.stock.dlq",
+        sweep_interval_seconds=0.5,
+        retry_max_backoff_seconds=2.0,
+        shutdown_grace_seconds=10.0,
+        api_tokens=API_TOKEN,
+    )
+
+
+@dataclass
+class Slot:
+    index: int
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    #: The suite stopped it on purpose (or is about to): the supervisor leaves it be.
+    held: bool = False
+    #: The suite sent it a signal that ends it: its exit is expected.
+    doomed: bool = False
+    started_at: float = 0.0
+    #: This incarnation has answered /healthz once (it has finished starting).
+    answered: bool = False
+
+
+@dataclass
+class Exit:
+    slot: int
+    returncode: int
+    expected: bool
+    at: float
+
+
+@dataclass
+class WorkerPool:
+    """`count` worker processes (`stock run`, HTTP on a port each) in one group."""
+
+    settings: Settings
+    count: int
+    log_dir: Path
+    restart_delay: float = 1.0
+    static_membership: bool = False
+    slots: list[Slot] = field(default_factory=list)
+    exits: list[Exit] = field(default_factory=list)
+    health_failures: int = 0
+    health_probes: int = 0
+
+    def __post_init__(self) -> None:
+        self.slots = [Slot(i, free_port()) for i in range(self.count)]
+
+    def spawn(self, slot: Slot) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCK_")}
+        for name, value in self.settings.model_dump().items():
+            raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            if raw is not None:
+                env[f"STOCK_{name.upper()}"] = str(raw)
+        env["STOCK_KAFKA_CLIENT_ID"] = f"{self.settings.kafka_client_id}-w{slot.index}"
+        env["STOCK_HTTP_PORT"] = str(slot.port)
+        if self.static_membership:
+            env["STOCK_KAFKA_GROUP_INSTANCE_ID"] = f"worker-{slot.index}"
+        env["STOCK_LOG_LEVEL"] = "INFO"
+        log = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115
+        log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
+        log.flush()
+        slot.process = subprocess.Popen(
+            [sys.executable, "-m", "service.entrypoints.cli", "run"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        slot.held = slot.doomed = slot.answered = False
+        slot.started_at = time.monotonic()
+
+    def start_all(self) -> None:
+        for slot in self.slots:
+            self.spawn(slot)
+
+    def signal(self, slot: Slot, signum: int) -> None:
+        if slot.process is not None and slot.process.poll() is None:
+            if signum in (signal.SIGKILL, signal.SIGTERM):
+                slot.doomed = True
+            slot.process.send_signal(signum)
+
+    async def stop_all(self, timeout: float = 30.0) -> None:
+        for slot in self.slots:
+            slot.held = True
+            self.signal(slot, signal.SIGTERM)
+            self.signal(slot, signal.SIGCONT)  # a paused worker must hear it
+        deadline = time.monotonic() + timeout
+        for slot in self.slots:
+            while slot.process is not None and slot.process.poll() is None:
+                if time.monotonic() > deadline:
+                    slot.process.kill()
+                await asyncio.sleep(0.1)
+            self._note_exit(slot)
+
+    async def supervise(self) -> None:
+        """Restart any worker that exits, after `restart_delay`, unless it is held."""
+        while True:
+            for slot in self.slots:
+                if slot.process is None or slot.held or slot.process.poll() is None:
+                    continue
+                self._note_exit(slot)
+                await asyncio.sleep(self.restart_delay)
+                if not slot.held:
+                    self.spawn(slot)
+            await asyncio.sleep(0.1)
+
+    async def probe_health(self) -> None:
+        """Each worker, once started, keeps answering /healthz whatever else is down
+        (unless it is paused or being stopped)."""
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                await asyncio.sleep(0.5)
+                for slot in self.slots:
+                    process = slot.process
+                    if slot.held or slot.doomed or process is None or process.poll() is not None:
+                        continue
+                    if _is_stopped(process.pid):
+                        continue
+                    try:
+                        answer = await client.get(f"http://127.0.0.1:{slot.port}/healthz")
+                        healthy = answer.status_code == 200
+                    except httpx.HTTPError:
+                        healthy = False
+                    if process is not slot.process or slot.held or slot.doomed:
+                        continue  # killed or stopped while we asked
+                    if healthy:
+                        slot.answered = True
+                    if slot.answered:
+                        self.health_probes += 1
+                        self.health_failures += not healthy and not _is_stopped(process.pid)
+
+    async def cpu_busy(self, slot: Slot, window: float = 0.1) -> bool:
+        """Did the worker use CPU in the last moment (so a kill now lands mid-work)?"""
+        if slot.process is None:
+            return False
+        before = _cpu_ticks(slot.process.pid)
+        await asyncio.sleep(window)
+        return _cpu_ticks(slot.process.pid) > before
+
+    async def wait_ready(self, slots: list[Slot] | None = None, timeout: float = 90.0) -> None:
+        """Each worker holds partitions (its /readyz says so)."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            for slot in slots or self.slots:
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        answer = await client.get(f"http://127.0.0.1:{slot.port}/readyz")
+                        if answer.status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"worker {slot.index} was not ready in {timeout}s")
+                    await asyncio.sleep(0.5)
+
+    def unexpected_exits(self) -> list[Exit]:
+        return [e for e in self.exits if not e.expected]
+
+    def _note_exit(self, slot: Slot) -> None:
+        if slot.process is None or slot.process.returncode is None:
+            return
+        if not any(e.slot == slot.index and e.at == slot.started_at for e in self.exits):
+            expected = slot.doomed or slot.held
+            self.exits.append(Exit(slot.index, slot.process.returncode, expected, slot.started_at))
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except OSError:
+        return 0
+
+
+def _is_stopped(pid: int) -> bool:
+    """SIGSTOPped (state T in /proc): it cannot answer, and is not meant to."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except OSError:
+        return False
