@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/stock bench $(BENCH_ARGS)
 
-# Not part of `make test` either (about 10 minutes); `make test` runs its short version.
+# Not part of `make test` either (about 13 minutes a seed); `make test` runs its short version.
 faults: $(STAMP)
 	$(BIN)/python -m tests.faults --out docs/reliability.md $(FAULTS_ARGS)
 

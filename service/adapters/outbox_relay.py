@@ -23,7 +23,7 @@ import asyncpg
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
-from service import metrics
+from service import failpoints, metrics
 from service.adapters.database import asyncpg_dsn, is_transient
 from service.adapters.tables import OUTBOX_CHANNEL
 from service.outbound import decode_headers
@@ -186,6 +186,7 @@ class OutboxRelay:
                 log.error("outbox row %d refused by Kafka for good, parked: %r", row_id, error)
                 parked.append((row_id, repr(error)))
         if sent:
+            failpoints.reach("relay_after_send")
             await conn.execute(_MARK, sent)
             by_id = {row["id"]: row for row in rows}
             _observe_published([by_id[i] for i in sent], time.monotonic() - fetched_at)

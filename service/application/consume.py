@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.envelope import EventType
 from schemas.events import OrderCheckout
-from service import metrics
+from service import failpoints, metrics
 from service.adapters import stock_store
 from service.adapters.database import retry_transient
 from service.domain.ledger import StockLedger
@@ -134,6 +134,8 @@ class BatchConsumer:
                 messages = await self._decide(conn, fresh, now)
             messages.extend(self.writer.dead_letter(poison) for poison in dead)
             await stock_store.append_outbox(conn, messages)
+            failpoints.reach("mid_batch")
+        failpoints.reach("after_commit")
         applied = {id(event) for event in fresh}
         dead_ids = {id(poison) for poison in dead}
         for item in items:

@@ -1,4 +1,6 @@
-"""The short version of `make faults`, inside `make test`: every fault in one run.
+"""The short version of `make faults`, inside `make test`: every fault in one run
+(kills, crash points, a pause, a PostgreSQL crash, a broker cut, a rewind, poison and
+expiring holds).
 
 Real worker processes, an embedded PostgreSQL and a tansu broker of the suite's own
 (it crashes the one and cuts the other, so it cannot share the session's). The
@@ -31,5 +33,5 @@ async def test_every_fault_at_once_loses_doubles_and_oversells_nothing(tmp_path)
         assert all(f.recovered_at is not None for f in result.faults), result.faults
         assert result.unexpected_exits == 0, "a worker exited on its own"
         assert {f.kind for f in result.faults} >= {
-            "kill", "pause", "db-restart", "broker-cut", "rewind"
+            "kill", "pause", "db-restart", "broker-cut", "rewind", "crash:after_commit"
         }

@@ -26,12 +26,14 @@ async def run_all(short: bool, only: list[str], runs: int, seed: int) -> list[Sc
         known = ", ".join(s.name for s in scenarios(False))
         raise SystemExit(f"unknown scenario in {only}; known: {known}")
     results: list[ScenarioResult] = []
-    with fault_stack() as stack:
-        for scenario in chosen:
-            for n in range(runs):
+    for scenario in chosen:
+        for n in range(runs):
+            # A fresh PostgreSQL and broker per run: the in-memory broker would
+            # otherwise hold every earlier run's topics, and no run sees another's.
+            with fault_stack() as stack:
                 result = await run_scenario(stack, scenario, seed + n)
-                results.append(result)
-                _say(result)
+            results.append(result)
+            _say(result)
     return results
 
 
@@ -51,6 +53,7 @@ def _say(result: ScenarioResult) -> None:
         f"{'never' if result.drained_seconds is None else f'{result.drained_seconds:.1f}s'}; "
         f"unexpected exits {result.unexpected_exits}; "
         f"healthz failed {result.health_failures}/{result.health_probes}; "
+        f"redelivered >= {result.redelivered}; "
         f"{result.seconds:.0f}s",
         flush=True,
     )
@@ -104,6 +107,7 @@ def _as_json(result: ScenarioResult) -> dict[str, object]:
         "unexpected_exits": result.unexpected_exits,
         "health_failures": result.health_failures,
         "health_probes": result.health_probes,
+        "redelivered_at_least": result.redelivered,
         "seconds": round(result.seconds, 1),
         "counts": result.counts,
     }

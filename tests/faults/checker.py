@@ -95,6 +95,8 @@ class Delivered:
 
     valid: set[str] = field(default_factory=set)
     poison_at: dict[tuple[str, int, int], Planned] = field(default_factory=dict)
+    #: Records of valid events, a resent event counted each time it is on a topic.
+    valid_records: int = 0
 
 
 @dataclass
@@ -104,6 +106,8 @@ class Tables:
     phases: dict[str, str]
     variants: dict[str, Any]
     unpublished: int
+    #: Outbox rows Kafka refused for good (marked published with an error).
+    parked: int
     #: Orders whose hold lapsed at least once (a figure, not a check).
     expired_holds: int
 
@@ -135,6 +139,7 @@ async def check(
     verdict.figures = {
         "records": len(workload.records),
         "valid_events": len(delivered.valid),
+        "resent_by_shop": delivered.valid_records - len(delivered.valid),
         "poison": len(delivered.poison_at),
         "orders": len(workload.orders),
         "stock_changed": len(changes),
@@ -159,6 +164,7 @@ async def _read_inputs(
                 verdict.problem(f"input {topic}/{record.partition}@{record.offset} was not sent")
             elif plan.event_id is not None:
                 delivered.valid.add(plan.event_id)
+                delivered.valid_records += 1
             else:
                 delivered.poison_at[(topic, record.partition, record.offset)] = plan
     sent_valid = {r.event_id for r in workload.records if r.event_id is not None}
@@ -177,6 +183,7 @@ async def _read_tables(database_url: str) -> Tables:
         orders = await conn.fetch("SELECT order_id, phase FROM orders")
         variants = await conn.fetch("SELECT variant_id, on_hand, reserved, version FROM variants")
         unpublished = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        parked = await conn.fetchval("SELECT count(*) FROM outbox WHERE publish_error IS NOT NULL")
         expired_holds = await conn.fetchval(
             "SELECT count(DISTINCT reference) FROM audit_log WHERE change_type = 'EXPIRE'"
         )
@@ -188,6 +195,7 @@ async def _read_tables(database_url: str) -> Tables:
         phases={r["order_id"]: r["phase"] for r in orders},
         variants={r["variant_id"]: r for r in variants},
         unpublished=unpublished,
+        parked=parked,
         expired_holds=expired_holds,
     )
 
@@ -213,6 +221,9 @@ def _check_applied_once(
         verdict.problem(f"record {where} was dead-lettered but is a valid event")
     if tables.unpublished:
         verdict.problem(f"{tables.unpublished} outbox rows were never published")
+    if tables.parked:
+        verdict.lost += tables.parked
+        verdict.problem(f"{tables.parked} outbox rows were parked (refused by Kafka)")
 
 
 def _check_orders(
@@ -229,7 +240,10 @@ def _check_orders(
 
 
 def _check_stock(workload: Workload, tables: Tables, verdict: Verdict) -> None:
-    """Stock adds up to what the orders' statuses leave; nothing oversold."""
+    """Stock adds up to what the orders' statuses leave; nothing oversold; no variant
+    made up (an unknown one ordered is rejected, not created)."""
+    for variant_id in tables.variants.keys() - workload.catalogue.keys():
+        verdict.problem(f"variant {variant_id!r} exists but is not in the catalogue")
     expected = expected_stock(workload.orders, tables.phases, workload.catalogue)
     for variant_id, want in expected.items():
         row = tables.variants.get(variant_id)
@@ -260,11 +274,19 @@ def _check_changes(
             verdict.doubled += 1
         else:
             verdict.lost += 1
-    last: dict[str, dict[str, Any]] = {}
+    by_version: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for record in records:
         data = json.loads(record.value or b"{}")["data"]
-        if data["version"] >= last.get(data["variant_id"], {}).get("version", 0):
-            last[data["variant_id"]] = data
+        by_version[data["variant_id"]][data["version"]] = data
+    last: dict[str, dict[str, Any]] = {}
+    for variant_id, versions in by_version.items():
+        previous = None
+        for version in sorted(versions):
+            data = versions[version]
+            if not _follows(previous, data):
+                verdict.problem(f"{variant_id} v{version} does not follow from v{version - 1}")
+            previous = data
+        last[variant_id] = previous or {}
     for variant_id, row in variants.items():
         data = last.get(variant_id)
         if row["version"] == 0:
@@ -291,6 +313,8 @@ def _check_dlq_topic(
             verdict.problem(f"DLQ record @{record.offset} does not say where it came from")
             continue
         copies[where].append(record)
+    for where in copies.keys() - poison_at.keys():
+        verdict.problem(f"DLQ holds a copy of {where}, which is not poison")
     for where, plan in poison_at.items():
         found = copies.get(where)
         if not found:
@@ -308,11 +332,28 @@ def _check_dlq_topic(
             verdict.problem(f"DLQ copy of {where} ({plan.poison}) is not the original bytes")
 
 
+#: CONTRACT.md's table as announcements: which status may follow which, for one order.
+#: (None: the first announcement. A payment that came before its checkout is
+#: announced RESERVED, then CONFIRMED; a failure before it, RELEASED; a cancellation
+#: before it, REJECTED.)
+NEXT_STATUSES: dict[str | None, set[str]] = {
+    None: {"RESERVED", "REJECTED", "RELEASED"},
+    "RESERVED": {"CONFIRMED", "RELEASED", "EXPIRED"},
+    "CONFIRMED": {"RETURNED"},
+    "RELEASED": {"CONFIRMED", "CONFIRM_FAILED"},
+    "EXPIRED": {"CONFIRMED", "CONFIRM_FAILED"},
+    "REJECTED": {"CONFIRM_FAILED"},
+    "RETURNED": set(),  # (a second payment would be answered CONFIRM_FAILED; none here)
+    "CONFIRM_FAILED": set(),
+}
+
+
 def _check_reservations(
     records: list[ConsumerRecord[bytes, bytes]], phases: dict[str, str], verdict: Verdict
 ) -> None:
-    """Per order (one partition, so in order): each status announced once; the last one
-    is the table's. A relay retry may repeat an announcement under the same event id."""
+    """Per order (one partition, so in order): every step one the contract's table
+    allows, none twice, the last one the table's; a rejection for stock names real
+    shortages. A relay retry may repeat an announcement under the same event id."""
     seen_ids: set[str] = set()
     announced: dict[str, list[str]] = defaultdict(list)
     for record in records:
@@ -320,13 +361,29 @@ def _check_reservations(
         if event["id"] in seen_ids:
             continue
         seen_ids.add(event["id"])
-        announced[event["data"]["order_id"]].append(event["data"]["status"])
+        data = event["data"]
+        history = announced[data["order_id"]]
+        # A refusal for stock at checkout, or when a payment tries to take lapsed stock
+        # again, names what is short. (The payment of an order REJECTED earlier is
+        # refused for that rejection; its shortages are as they stand now, maybe none.)
+        fresh_refusal = data["status"] == "REJECTED" or (
+            data["status"] == "CONFIRM_FAILED" and history[-1:] in (["RELEASED"], ["EXPIRED"])
+        )
+        if fresh_refusal and data.get("reason") == "insufficient_stock":
+            shortages = data.get("shortages") or []
+            if not shortages or any(s["available"] >= s["requested"] for s in shortages):
+                verdict.problem(f"order {data['order_id']!r} refused for stock: {shortages}")
+        history.append(data["status"])
     for order_id, statuses in announced.items():
         repeats = [s for s, n in Counter(statuses).items() if n > 1]
         if repeats:
             verdict.doubled += 1
             verdict.problem(f"order {order_id!r} was announced {repeats} twice: {statuses}")
-        if statuses[-1] != phases.get(order_id) and phases.get(order_id) != "RETURNED":
+        for before, after in zip([None, *statuses], statuses, strict=False):
+            if after not in NEXT_STATUSES[before]:
+                verdict.problem(f"order {order_id!r} went {before} -> {after}: {statuses}")
+                break
+        if statuses[-1] != phases.get(order_id):
             verdict.problem(
                 f"order {order_id!r} is {phases.get(order_id)} but was last announced {statuses}"
             )
@@ -334,6 +391,23 @@ def _check_reservations(
         if phase != "PENDING" and order_id not in announced:
             verdict.lost += 1
             verdict.problem(f"order {order_id!r} is {phase} but was never announced")
+
+
+CHANGE_TYPES = {"RESERVE", "RELEASE", "EXPIRE", "SALE", "RETURN", "RESTOCK", "ADJUSTMENT"}
+
+
+def _follows(previous: dict[str, Any] | None, data: dict[str, Any]) -> bool:
+    """One `stock.changed` is the one before plus its deltas, and adds up in itself."""
+    if data["change_type"] not in CHANGE_TYPES:
+        return False
+    if data["available"] != data["on_hand"] - data["reserved"]:
+        return False
+    if previous is None or previous["version"] != data["version"] - 1:
+        return True  # the gap itself is reported by published_change_violations
+    return (data["on_hand"], data["reserved"]) == (
+        previous["on_hand"] + data["delta_on_hand"],
+        previous["reserved"] + data["delta_reserved"],
+    )
 
 
 def _asyncpg_dsn(url: str) -> str:

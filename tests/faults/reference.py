@@ -5,7 +5,10 @@ says which final statuses the contract allows, and what each status means for st
 Where the contract leaves the outcome to timing (a scarce variant that may be gone
 when the checkout is handled, a hold that may lapse before its payment), the model
 allows each outcome the table can reach, and no other. For an order on plentiful stock
-with an ordinary hold, exactly one status is right.
+that is not cancelled, exactly one status is right; a cancellation allows the two the
+table reaches depending on whether it came before or after the checkout (or the
+payment). The checker also checks each order's announcements step by step against
+the table, which pins down what the final status alone cannot.
 
 Stock then follows from the statuses: a variant's `reserved` is the sum of its lines
 in RESERVED orders, and it has sold the lines of every CONFIRMED order. A worker that
@@ -48,6 +51,9 @@ def allowed_statuses(
         if may_run_short:
             return frozenset({"CONFIRMED", "CONFIRM_FAILED"})
         return frozenset({"CONFIRMED"})
+    if may_expire and not plan.failed:
+        # The run ends only once every lapsed hold is swept: nothing is RESERVED.
+        return frozenset({"EXPIRED", "REJECTED"} if may_run_short else {"EXPIRED"})
     statuses = {"RELEASED" if plan.failed else "RESERVED"}
     if may_run_short:
         statuses.add("REJECTED")

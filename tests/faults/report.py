@@ -69,13 +69,19 @@ def write_report(results: list[ScenarioResult], out: Path, command_args: str) ->
             for k, v in sorted(figures.items())
             if k.startswith("status_")
         )
+        unreached = (
+            f"{result.crash_points_unreached} armed crash points never reached. "
+            if result.crash_points_unreached
+            else ""
+        )
         lines.append(
             f"- **{result.name}**, seed {result.seed}: {'pass' if result.ok else 'FAIL'} in "
             f"{result.seconds:.0f} s. {figures.get('valid_events', 0):,} events, "
             f"{figures.get('poison', 0)} poison, {figures.get('orders', 0):,} orders ({statuses}); "
             f"hot variant sold {figures.get('hot_sold', 0)} of {figures.get('hot_units', 0)}; "
-            f"{figures.get('expired_holds', 0)} holds expired. "
-            f"Faults: {faults or 'none'}."
+            f"{figures.get('expired_holds', 0)} holds expired; at least "
+            f"{result.redelivered:,} records redelivered after they were handled, and "
+            f"skipped. {unreached}Faults: {faults or 'none'}."
         )
         for problem in result.verdict.problems[:10]:
             lines.append(f"  - {problem}")

@@ -26,9 +26,10 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from tests.faults.checker import OutputTopics, Verdict, check
-from tests.faults.stack import API_TOKEN, Stack, WorkerPool, fresh_database, run_settings
+from tests.faults.stack import API_TOKEN, Slot, Stack, WorkerPool, fresh_database, run_settings
 from tests.faults.workload import SOURCE, Mix, Planned, Topics, Workload, build_workload
 
 #: aiokafka's default group session timeout: a paused worker loses its partitions after it.
@@ -65,7 +66,18 @@ class ScenarioResult:
     unexpected_exits: int
     health_failures: int
     health_probes: int
+    #: Records the workers recognised as handled before (resends and redeliveries).
+    duplicates_seen: int = 0
+    #: Armed crash points the run ended without reaching (no traffic left for them).
+    crash_points_unreached: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def redelivered(self) -> int:
+        """Records delivered again after they were handled (a crash between the
+        commit and the offset commit, a zombie, a rewind): what the workers skipped,
+        minus the copies the shop itself sent twice. A lower bound."""
+        return max(self.duplicates_seen - self.verdict.figures.get("resent_by_shop", 0), 0)
 
     @property
     def ok(self) -> bool:
@@ -91,12 +103,19 @@ class Run:
         self.sent_valid: list[str] = []
         self.faults: list[FaultRecord] = []
         self.load_done = asyncio.Event()
+        self.load_ended_at = 0.0
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
     def healed(self, fault: FaultRecord) -> None:
         fault.healed_at = self.now()
+        self.faults.append(fault)
+
+    def planned_crash(self, slot: Slot, point: str, exited: float, restarted: float) -> None:
+        """The supervisor saw a worker die at an armed crash point, and restarted it."""
+        fault = FaultRecord(f"crash:{point}", exited - self.t0, detail=f"worker {slot.index}")
+        fault.healed_at = restarted - self.t0
         self.faults.append(fault)
 
 
@@ -106,15 +125,17 @@ Fault = Callable[[Run], Awaitable[None]]
 
 
 async def kill_workers(run: Run, times: int = 4) -> None:
-    """SIGKILL a worker, repeatedly; the supervisor brings it back. Each kill waits
-    until the worker is consuming again and then strikes within a second or two,
-    while it is catching up on the backlog the last kill left: mid-batch, between a
-    commit and its offset commit, or mid-relay, rather than while it idles."""
+    """SIGKILL a worker, up to `times` while the load lasts; the supervisor brings it
+    back. Each kill waits until the worker is consuming again and then strikes within
+    a second or two, while it catches up on the backlog the last kill left: mid-batch,
+    between a commit and its offset commit, or mid-relay, rather than while it idles."""
     await asyncio.sleep(run.rng.uniform(2.0, 5.0))
     for _ in range(times):
         slot = run.rng.choice(run.pool.slots)
         await run.pool.wait_ready([slot])
         await asyncio.sleep(run.rng.uniform(0.1, 2.0))
+        if run.load_done.is_set():
+            break  # a kill with nothing in flight proves nothing
         busy = await run.pool.cpu_busy(slot)
         fault = FaultRecord(
             "kill", run.now(), detail=f"worker {slot.index}, {'busy' if busy else 'idle'}"
@@ -163,34 +184,70 @@ async def cut_broker(run: Run) -> None:
 async def rewind_offsets(run: Run) -> None:
     """Stop the workers, set the group's offsets back to the beginning of every input
     partition (as `kafka-consumer-groups --reset-offsets --to-earliest` does), start
-    them again: everything is delivered a second time."""
-    await asyncio.sleep(run.rng.uniform(5.0, 10.0))
+    them again: everything is delivered a second time. It strikes after a pause has
+    ended (stopping a paused worker would cut the zombie's story short)."""
+    await asyncio.sleep(run.rng.uniform(18.0, 22.0))
     fault = FaultRecord("rewind", run.now())
     await run.pool.stop_all()
-    settings = run.pool.settings
-    consumer = AIOKafkaConsumer(
-        *run.topics.all(),
-        bootstrap_servers=run.stack.bootstrap,
-        group_id=settings.kafka_group_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        partitions = {
-            TopicPartition(t, p)
-            for t in run.topics.all()
-            for p in consumer.partitions_for_topic(t) or ()
-        }
-        while consumer.assignment() != partitions:
-            await consumer.getmany(timeout_ms=200)
-        await consumer.commit({tp: 0 for tp in partitions})
-        ends = await consumer.end_offsets(list(partitions))
-    finally:
-        await consumer.stop()
+    deadline = time.monotonic() + 120
+    while True:  # the broker may be cut off right now: try again until it answers
+        try:
+            ends = await _reset_group_to_earliest(run)
+            break
+        except (TimeoutError, KafkaError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
     fault.detail = f"{sum(ends.values())} records redelivered"
     fault.caught_up_at_offsets = ends
     run.pool.start_all()
     run.healed(fault)
+
+
+async def _reset_group_to_earliest(run: Run) -> dict[TopicPartition, int]:
+    """Join the (stopped) group alone, commit offset 0 everywhere; the input topics'
+    end offsets at that moment."""
+    consumer = AIOKafkaConsumer(
+        *run.topics.all(),
+        bootstrap_servers=run.stack.bootstrap,
+        group_id=run.pool.settings.kafka_group_id,
+        enable_auto_commit=False,
+        request_timeout_ms=10_000,
+    )
+    await consumer.start()
+    try:
+        partitions = await _input_partitions(consumer, run.topics)
+        async with asyncio.timeout(60):
+            while consumer.assignment() != partitions:
+                await consumer.getmany(timeout_ms=200)
+        await consumer.commit({tp: 0 for tp in partitions})
+        return await consumer.end_offsets(list(partitions))
+    finally:
+        await consumer.stop()
+
+
+async def _input_partitions(consumer: AIOKafkaConsumer, topics: Topics) -> set[TopicPartition]:
+    await consumer.topics()  # fresh metadata
+    partitions = {
+        TopicPartition(t, p) for t in topics.all() for p in consumer.partitions_for_topic(t) or ()
+    }
+    if len(partitions) != 3 * len(topics.all()):
+        raise KafkaError(f"metadata lists {len(partitions)} input partitions")
+    return partitions
+
+
+async def crash_at_points(run: Run) -> None:
+    """The workers run armed with crash points (`Scenario.arming`): each incarnation
+    dies at its point, the supervisor starts the next, armed with the next point.
+    This waits until every armed crash has happened and its worker is back, or until
+    the load has been over for a while (a point needs traffic to be reached; the ones
+    never reached are reported)."""
+    while run.pool.armed_crashes_left() or any(
+        s.process is None or s.process.poll() is not None for s in run.pool.slots
+    ):
+        if run.load_done.is_set() and run.now() - run.load_ended_at > 20:
+            return
+        await asyncio.sleep(0.2)
 
 
 FAULTS: dict[str, Fault] = {
@@ -199,6 +256,7 @@ FAULTS: dict[str, Fault] = {
     "db-restart": restart_database,
     "broker-cut": cut_broker,
     "rewind": rewind_offsets,
+    "crash-points": crash_at_points,
 }
 
 
@@ -208,16 +266,30 @@ class Scenario:
     title: str
     faults: tuple[str, ...] = ()
     mix: Mix = field(default_factory=Mix)
+    #: Crash points per worker slot, one incarnation each (`service/failpoints.py`).
+    arming: dict[int, tuple[str, ...]] = field(default_factory=dict)
+
+
+#: Two of each crash point. Both workers start armed at the relay's third round: only
+#: the relay leader reaches it, dies, and the other takes the lead and reaches it
+#: too. Their next incarnations die inside a batch and between a batch's commit and
+#: its offset commit, ten batches after they start consuming: while catching up.
+EVERY_CRASH_POINT = {
+    0: ("relay_after_send@3", "after_commit@10", "mid_batch@10"),
+    1: ("relay_after_send@3", "mid_batch@10", "after_commit@10"),
+}
 
 
 def scenarios(short: bool) -> list[Scenario]:
-    seconds = 20.0 if short else 40.0
+    seconds = 30.0 if short else 40.0
     plain = Mix(seconds=seconds)
     every = Scenario(
         "all",
         "Every fault in one run, poison and expiring holds included",
-        ("kill", "pause", "db-restart", "broker-cut", "rewind"),
+        ("kill", "pause", "db-restart", "broker-cut", "rewind", "crash-points"),
         Mix(seconds=seconds * 1.5, poison_share=0.08, short_hold_share=0.12),
+        # One after a commit, one in the relay (whichever worker leads it then).
+        {0: ("after_commit@10",), 1: ("relay_after_send@3",)},
     )
     if short:
         return [every]
@@ -232,6 +304,15 @@ def scenarios(short: bool) -> list[Scenario]:
         ),
         Scenario("broker-cut", "The broker unreachable for 8-15 s", ("broker-cut",), plain),
         Scenario("rewind", "The group's offsets rewound to the beginning", ("rewind",), plain),
+        Scenario(
+            "crash-points",
+            "Crashes inside a batch, between its commit and its offset commit, and "
+            "between the relay's send and its marking rows published (2 of each)",
+            ("crash-points",),
+            # Six crashes, each followed by a rejoin: the load lasts long enough for all.
+            Mix(seconds=max(seconds, 20) * 2.25),
+            EVERY_CRASH_POINT,
+        ),
         Scenario(
             "poison",
             "Poison at 15% of the stream, every kind",
@@ -269,17 +350,24 @@ async def run_scenario(stack: Stack, scenario: Scenario, seed: int) -> ScenarioR
     # The load starts once the workers are ready; holds are placed relative to then.
     log_dir = stack.work_dir / f"{scenario.name}-{seed}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    pool = WorkerPool(settings, 2, log_dir)
+    pool = WorkerPool(
+        settings,
+        2,
+        log_dir,
+        arming={slot: list(points) for slot, points in scenario.arming.items()},
+    )
     pool.start_all()
     supervisor = asyncio.create_task(pool.supervise())
     prober = asyncio.create_task(pool.probe_health())
     try:
         await pool.wait_ready()
-        load_start = datetime.now(UTC)
-        workload = build_workload(topics, scenario.mix, seed=seed, started=load_start)
-        await _load_catalogue(pool, workload.catalogue)
+        catalogue = build_workload(topics, scenario.mix, seed=seed, started=datetime.now(UTC))
+        await _load_catalogue(pool, catalogue.catalogue)
+        # Built again (the same for the seed) so hold expiries count from now.
+        workload = build_workload(topics, scenario.mix, seed=seed, started=datetime.now(UTC))
         run = Run(stack, pool, workload, topics, rng)
         run.t0 = time.monotonic()
+        pool.on_planned_crash = run.planned_crash
         loader = asyncio.create_task(_publish(run))
         monitor = asyncio.create_task(RecoveryWatch(run, url).watch())
         await asyncio.gather(*(FAULTS[name](run) for name in scenario.faults))
@@ -307,6 +395,8 @@ async def run_scenario(stack: Stack, scenario: Scenario, seed: int) -> ScenarioR
         len(pool.unexpected_exits()),
         pool.health_failures,
         pool.health_probes,
+        int(pool.duplicates_seen),
+        pool.armed_crashes_left(),
         workload.counts,
     )
 
@@ -361,6 +451,7 @@ async def _publish(run: Run) -> None:
             pending = await _resend_failed(producer, pending, wait=True)
     finally:
         await producer.stop()
+        run.load_ended_at = run.now()
         run.load_done.set()
 
 
@@ -440,45 +531,69 @@ class RecoveryWatch:
 
     async def _committed_at_least(self, ends: dict[TopicPartition, int]) -> bool:
         if self._offsets is None:
-            self._offsets = AIOKafkaConsumer(
-                bootstrap_servers=self.run.stack.bootstrap,
-                group_id=self.run.pool.settings.kafka_group_id,
-                enable_auto_commit=False,
-            )
-            await self._offsets.start()
-        for tp, end in ends.items():
-            if (await self._offsets.committed(tp) or 0) < end:
-                return False
-        return True
+            self._offsets = await _offsets_reader(self.run)
+        return await _committed_at_least(self._offsets, ends)
+
+
+async def _offsets_reader(run: Run) -> AIOKafkaConsumer:
+    """A client that reads the group's committed offsets (it never joins the group)."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=run.stack.bootstrap,
+        group_id=run.pool.settings.kafka_group_id,
+        enable_auto_commit=False,
+    )
+    try:
+        await reader.start()
+    except BaseException:
+        await reader.stop()
+        raise
+    return reader
+
+
+async def _committed_at_least(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if (await reader.committed(tp) or 0) < end:
+            return False
+    return True
 
 
 async def _drain(run: Run, url: str) -> float | None:
-    """Wait for: every sent event applied, every poison record dead-lettered, the outbox
-    empty, every short hold settled. Returns seconds after the load ended, or None."""
+    """Wait until the group has committed every record on the input topics (so every
+    one has been applied or dead-lettered, resends included), the outbox is empty,
+    every lapsed hold is swept and every fault has recovered. Returns seconds after
+    the load ended, or None if that never happens."""
     ended = time.monotonic()
-    valid = set(run.sent_valid)
-    poison = sum(r.poison is not None for r in run.workload.records)
-    while time.monotonic() - ended < DRAIN_TIMEOUT:
-        try:
-            conn = await asyncpg.connect(url, timeout=2)
+    reader: AIOKafkaConsumer | None = None
+    ends: dict[TopicPartition, int] | None = None
+    try:
+        while time.monotonic() - ended < DRAIN_TIMEOUT:
             try:
-                applied, dead, backlog, lapsed = await conn.fetchrow(
-                    """
-                    SELECT (SELECT count(*) FROM processed_events WHERE source = $1),
-                           (SELECT count(*) FROM dead_letters),
-                           (SELECT count(*) FROM outbox WHERE published_at IS NULL),
-                           (SELECT count(*) FROM orders
-                             WHERE phase = 'RESERVED' AND expires_at < now())
-                    """,
-                    SOURCE,
-                )
-            finally:
-                await conn.close()
-        except (OSError, asyncpg.PostgresError):
+                if reader is None:
+                    reader = await _offsets_reader(run)
+                if ends is None:
+                    ends = await reader.end_offsets(
+                        list(await _input_partitions(reader, run.topics))
+                    )
+                consumed = await _committed_at_least(reader, ends)
+                conn = await asyncpg.connect(url, timeout=2)
+                try:
+                    backlog, lapsed = await conn.fetchrow(
+                        """
+                        SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL),
+                               (SELECT count(*) FROM orders
+                                 WHERE phase = 'RESERVED' AND expires_at < now())
+                        """
+                    )
+                finally:
+                    await conn.close()
+            except (TimeoutError, OSError, asyncpg.PostgresError, KafkaError):
+                await asyncio.sleep(0.5)
+                continue
+            recovered = all(f.recovered_at is not None for f in run.faults)
+            if consumed and not backlog and not lapsed and recovered:
+                return time.monotonic() - ended
             await asyncio.sleep(0.5)
-            continue
-        recovered = all(f.recovered_at is not None for f in run.faults)
-        if applied >= len(valid) and dead >= poison and not backlog and not lapsed and recovered:
-            return time.monotonic() - ended
-        await asyncio.sleep(0.5)
-    return None
+        return None
+    finally:
+        if reader is not None:
+            await reader.stop()

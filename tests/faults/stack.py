@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +27,15 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
+from service import failpoints
 from service.adapters.migrate import upgrade_to_head
 from service.devstack.servers import EmbeddedPostgres, TansuBroker, free_port
 from service.settings import Settings
 from tests.support.proxy import CuttableProxy
 
 API_TOKEN = "fault-suite-token"
+#: Exit status -> the crash point it names.
+CRASH_POINTS = {code: name for name, code in failpoints.EXIT_CODES.items()}
 
 
 class BrokerProxy:
@@ -138,6 +141,8 @@ class Slot:
     started_at: float = 0.0
     #: This incarnation has answered /healthz once (it has finished starting).
     answered: bool = False
+    #: Records this incarnation recognised as already handled, as last scraped.
+    duplicates: float = 0.0
 
 
 @dataclass
@@ -157,15 +162,25 @@ class WorkerPool:
     log_dir: Path
     restart_delay: float = 1.0
     static_membership: bool = False
+    #: Per slot, the crash points its next incarnations are armed with, in turn
+    #: (`service/failpoints.py`); each is used once.
+    arming: dict[int, list[str]] = field(default_factory=dict)
+    #: Called with (slot, failpoint name, exited at, restarted at) after a planned crash.
+    on_planned_crash: Callable[[Slot, str, float, float], None] | None = None
     slots: list[Slot] = field(default_factory=list)
     exits: list[Exit] = field(default_factory=list)
     health_failures: int = 0
     health_probes: int = 0
+    #: Records recognised as already handled, summed over the workers' incarnations
+    #: (scraped from /metrics every second: a lower bound for killed ones).
+    duplicates_seen: float = 0.0
 
     def __post_init__(self) -> None:
         self.slots = [Slot(i, free_port()) for i in range(self.count)]
 
-    def spawn(self, slot: Slot) -> None:
+    def spawn(self, slot: Slot, armed: bool = False) -> None:
+        """Start the slot's worker; `armed`: with the slot's next crash point, if any
+        (a worker's first start, and restarts after a planned crash)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOCK_")}
         for name, value in self.settings.model_dump().items():
             raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
@@ -175,6 +190,8 @@ class WorkerPool:
         env["STOCK_HTTP_PORT"] = str(slot.port)
         if self.static_membership:
             env["STOCK_KAFKA_GROUP_INSTANCE_ID"] = f"worker-{slot.index}"
+        if (armed or slot.process is None) and self.arming.get(slot.index):
+            env["STOCK_FAILPOINTS"] = self.arming[slot.index].pop(0)
         env["STOCK_LOG_LEVEL"] = "INFO"
         log = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115
         log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
@@ -186,6 +203,8 @@ class WorkerPool:
             stderr=subprocess.STDOUT,
         )
         log.close()
+        self.duplicates_seen += slot.duplicates
+        slot.duplicates = 0.0
         slot.held = slot.doomed = slot.answered = False
         slot.started_at = time.monotonic()
 
@@ -200,6 +219,9 @@ class WorkerPool:
             slot.process.send_signal(signum)
 
     async def stop_all(self, timeout: float = 30.0) -> None:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            for slot in self.slots:
+                await self._scrape(client, slot)
         for slot in self.slots:
             slot.held = True
             self.signal(slot, signal.SIGTERM)
@@ -211,6 +233,9 @@ class WorkerPool:
                     slot.process.kill()
                 await asyncio.sleep(0.1)
             self._note_exit(slot)
+        for slot in self.slots:
+            self.duplicates_seen += slot.duplicates
+            slot.duplicates = 0.0
 
     async def supervise(self) -> None:
         """Restart any worker that exits, after `restart_delay`, unless it is held."""
@@ -218,11 +243,20 @@ class WorkerPool:
             for slot in self.slots:
                 if slot.process is None or slot.held or slot.process.poll() is None:
                     continue
+                exited_at = time.monotonic()
                 self._note_exit(slot)
+                exited = slot.process
+                planned = CRASH_POINTS.get(exited.returncode)
                 await asyncio.sleep(self.restart_delay)
-                if not slot.held:
-                    self.spawn(slot)
+                # Unless the suite held it, or started it again itself meanwhile.
+                if not slot.held and slot.process is exited:
+                    self.spawn(slot, armed=planned is not None)
+                    if planned and self.on_planned_crash is not None:
+                        self.on_planned_crash(slot, planned, exited_at, time.monotonic())
             await asyncio.sleep(0.1)
+
+    def armed_crashes_left(self) -> int:
+        return sum(len(points) for points in self.arming.values())
 
     async def probe_health(self) -> None:
         """Each worker, once started, keeps answering /healthz whatever else is down
@@ -248,6 +282,25 @@ class WorkerPool:
                     if slot.answered:
                         self.health_probes += 1
                         self.health_failures += not healthy and not _is_stopped(process.pid)
+                    if healthy:
+                        await self._scrape(client, slot)
+
+    async def _scrape(self, client: httpx.AsyncClient, slot: Slot) -> None:
+        """The worker's count of records it recognised as handled before."""
+        process = slot.process
+        if process is None or process.poll() is not None or _is_stopped(process.pid):
+            return
+        try:
+            answer = await client.get(f"http://127.0.0.1:{slot.port}/metrics")
+        except httpx.HTTPError:
+            return
+        if process is not slot.process or answer.status_code != 200:
+            return
+        slot.duplicates = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in answer.text.splitlines()
+            if line.startswith("stock_events_consumed_total{") and 'outcome="duplicate"' in line
+        )
 
     async def cpu_busy(self, slot: Slot, window: float = 0.1) -> bool:
         """Did the worker use CPU in the last moment (so a kill now lands mid-work)?"""
@@ -278,7 +331,7 @@ class WorkerPool:
         if slot.process is None or slot.process.returncode is None:
             return
         if not any(e.slot == slot.index and e.at == slot.started_at for e in self.exits):
-            expected = slot.doomed or slot.held
+            expected = slot.doomed or slot.held or slot.process.returncode in CRASH_POINTS
             self.exits.append(Exit(slot.index, slot.process.returncode, expected, slot.started_at))
 
 

@@ -132,10 +132,12 @@ def build_workload(topics: Topics, mix: Mix, *, seed: int, started: datetime) ->
         if plan.short_hold:
             hold = rng.uniform(0.5, 2.0)
             data["expires_at"] = (started + timedelta(seconds=at + hold)).isoformat()
+            records.append(_valid(topics.checkout, "order.checkout", order_id, data, at, rng, mix))
+            if rng.random() < 1 / 3:
+                continue  # abandoned: the hold must expire
             # The payment lands around the expiry: before it, just after, or well after.
             after = hold + rng.uniform(-0.5, 1.0)
             plan.paid = True
-            records.append(_valid(topics.checkout, "order.checkout", order_id, data, at, rng, mix))
             records.append(_payment(topics, rng, order_id, at + max(after, 0.05)))
             continue
         records.append(_valid(topics.checkout, "order.checkout", order_id, data, at, rng, mix))

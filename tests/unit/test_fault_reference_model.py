@@ -28,7 +28,8 @@ def test_a_cancellation_wins_and_leaves_nothing_held_or_sold() -> None:
 def test_timing_opens_only_the_outcomes_the_table_can_reach() -> None:
     assert allowed(lines={"hot": 1}) == {"RESERVED", "REJECTED"}
     assert allowed(lines={"hot": 1}, paid=True) == {"CONFIRMED", "CONFIRM_FAILED"}
-    assert allowed(lines={"a": 1}, short_hold=True) == {"RESERVED", "EXPIRED"}
+    # Abandoned: the run ends only once lapsed holds are swept.
+    assert allowed(lines={"a": 1}, short_hold=True) == {"EXPIRED"}
     # A lapsed hold on plentiful stock is taken again by its payment.
     assert allowed(lines={"a": 1}, short_hold=True, paid=True) == {"CONFIRMED"}
 
