@@ -144,3 +144,21 @@ class Settings(BaseSettings):
             self.topic_stock_reservation,
             self.topic_dlq,
         ]
+
+
+def isolated_settings(prefix: str, **values: object) -> Settings:
+    """Settings whose consumer group and every topic carry `prefix`, so several runs
+    share one broker without seeing each other's events (the test suite, the
+    benchmarks, the fault suite). `values` sets anything else."""
+    topics = {
+        "topic_order_checkout": EventType.ORDER_CHECKOUT,
+        "topic_payment_succeeded": EventType.PAYMENT_SUCCEEDED,
+        "topic_payment_failed": EventType.PAYMENT_FAILED,
+        "topic_order_cancelled": EventType.ORDER_CANCELLED,
+        "topic_stock_changed": EventType.STOCK_CHANGED,
+        "topic_stock_low": EventType.STOCK_LOW,
+        "topic_stock_reservation": EventType.STOCK_RESERVATION,
+        "topic_dlq": "stock.dlq",
+    }
+    named = {field: f"{prefix}.{topic}" for field, topic in topics.items()}
+    return Settings(kafka_group_id=f"{prefix}-stock", **{**named, **values})  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.adapters.database import asyncpg_dsn, create_engine
 from service.adapters.migrate import upgrade_to_head
-from service.settings import Settings
+from service.settings import Settings, isolated_settings
 
 TEMPLATE_DB = "stock_test_template"
 
@@ -139,19 +139,10 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     """Settings for one test: its own database, topics and consumer group."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    return Settings(
+    return isolated_settings(
+        f"t{uuid.uuid4().hex[:8]}",
         database_url=database_url,
         kafka_bootstrap_servers=os.environ.get("STOCK_TEST_KAFKA_BOOTSTRAP_SERVERS", "unused:9092"),
-        kafka_group_id=f"{prefix}-stock",
-        topic_order_checkout=f"{prefix}.order.checkout",
-        topic_payment_succeeded=f"{prefix}.payment.succeeded",
-        topic_payment_failed=f"{prefix}.payment.failed",
-        topic_order_cancelled=f"{prefix}.order.cancelled",
-        topic_stock_changed=f"{prefix}.stock.changed",
-        topic_stock_low=f"{prefix}.stock.low",
-        topic_stock_reservation=f"{prefix}.stock.reservation",
-        topic_dlq=f"{prefix}.stock.dlq",
         kafka_topic_partitions=3,
         sweep_interval_seconds=0.2,
         outbox_poll_interval_seconds=0.5,

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from service.adapters.database import asyncpg_dsn
 from service.adapters.migrate import upgrade_to_head
 from service.benchmark.workload import BenchEvent, Scenario
-from service.settings import Settings
+from service.settings import Settings, isolated_settings
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ def running_stack(database_url: str | None, bootstrap: str | None) -> Iterator[S
 
 
 async def fresh_database(stack: Stack, label: str) -> str:
-    """A new, migrated database; returns its URL."""
-    name = f"bench_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
+    """A new, migrated database beside the server's others; returns its URL.
+    (The fault suite makes its databases here too.)"""
+    name = f"stock_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
     admin = await asyncpg.connect(asyncpg_dsn(stack.server_url))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -91,19 +92,11 @@ async def load_catalogue(url: str, scenario: Scenario) -> None:
 def bench_settings(url: str, stack: Stack, run: str) -> Settings:
     """Topics and group of their own per run, so runs never see each other's events."""
     prefix = f"bench-{run}"
-    return Settings(
+    return isolated_settings(
+        prefix,
         database_url=url,
         kafka_bootstrap_servers=stack.bootstrap,
-        kafka_group_id=f"{prefix}-stock",
-        kafka_client_id=f"{prefix}",
-        topic_order_checkout=f"{prefix}.order.checkout",
-        topic_payment_succeeded=f"{prefix}.payment.succeeded",
-        topic_payment_failed=f"{prefix}.payment.failed",
-        topic_order_cancelled=f"{prefix}.order.cancelled",
-        topic_stock_changed=f"{prefix}.stock.changed",
-        topic_stock_low=f"{prefix}.stock.low",
-        topic_stock_reservation=f"{prefix}.stock.reservation",
-        topic_dlq=f"{prefix}.stock.dlq",
+        kafka_client_id=prefix,
         sweep_interval_seconds=1.0,
     )
 

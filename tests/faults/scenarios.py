@@ -28,8 +28,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from service.benchmark.stack import Stack as Servers
+from service.benchmark.stack import fresh_database
 from tests.faults.checker import OutputTopics, Verdict, check
-from tests.faults.stack import API_TOKEN, Slot, Stack, WorkerPool, fresh_database, run_settings
+from tests.faults.stack import API_TOKEN, Slot, Stack, WorkerPool, run_settings
 from tests.faults.workload import SOURCE, Mix, Planned, Topics, Workload, build_workload
 
 #: aiokafka's default group session timeout: a paused worker loses its partitions after it.
@@ -335,7 +337,9 @@ def scenarios(short: bool) -> list[Scenario]:
 async def run_scenario(stack: Stack, scenario: Scenario, seed: int) -> ScenarioResult:
     started = time.monotonic()
     rng = random.Random(seed)
-    url = await fresh_database(stack, scenario.name)
+    url = await fresh_database(
+        Servers(stack.server_url, stack.bootstrap), f"faults_{scenario.name}"
+    )
     settings = run_settings(url, stack, f"{scenario.name}-{seed}")
     topics = Topics(
         settings.topic_order_checkout,

@@ -18,19 +18,15 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 import httpx
-from sqlalchemy.engine import make_url
 
 from service import failpoints
-from service.adapters.migrate import upgrade_to_head
 from service.devstack.servers import EmbeddedPostgres, TansuBroker, free_port
-from service.settings import Settings
+from service.settings import Settings, isolated_settings
 from tests.support.proxy import CuttableProxy
 
 API_TOKEN = "fault-suite-token"
@@ -94,34 +90,14 @@ def fault_stack() -> Iterator[Stack]:
         yield Stack(postgres, broker, proxy, server_url, f"127.0.0.1:{proxy_port}", work_dir)
 
 
-async def fresh_database(stack: Stack, label: str) -> str:
-    name = f"faults_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
-    admin = await asyncpg.connect(stack.server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = make_url(stack.server_url).set(database=name).render_as_string(hide_password=False)
-    await asyncio.to_thread(upgrade_to_head, url)
-    return url
-
-
 def run_settings(url: str, stack: Stack, run: str) -> Settings:
     """Topics and a group of the run's own; holds swept often (short holds expire)."""
     prefix = f"faults-{run}"
-    return Settings(
+    return isolated_settings(
+        prefix,
         database_url=url,
         kafka_bootstrap_servers=stack.bootstrap,
-        kafka_group_id=f"{prefix}-stock",
         kafka_client_id=prefix,
-        topic_order_checkout=f"{prefix}.order.checkout",
-        topic_payment_succeeded=f"{prefix}.payment.succeeded",
-        topic_payment_failed=f"{prefix}.payment.failed",
-        topic_order_cancelled=f"{prefix}.order.cancelled",
-        topic_stock_changed=f"{prefix}.stock.changed",
-        topic_stock_low=f"{prefix}.stock.low",
-        topic_stock_reservation=f"{prefix}.stock.reservation",
-        topic_dlq=f"{prefix}.stock.dlq",
         sweep_interval_seconds=0.5,
         retry_max_backoff_seconds=2.0,
         shutdown_grace_seconds=10.0,

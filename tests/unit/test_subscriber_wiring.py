@@ -51,3 +51,28 @@ def test_the_fetch_wait_setting_reaches_the_consumer() -> None:
     broker = build_broker(Settings(kafka_fetch_max_wait_ms=37), RecordingConsumer())  # type: ignore[arg-type]
     [subscriber] = broker.subscribers
     assert subscriber._connection_args["fetch_max_wait_ms"] == 37
+
+
+def test_the_group_membership_settings_reach_the_consumer() -> None:
+    from service.settings import Settings
+
+    settings = Settings(
+        kafka_session_timeout_ms=12_000,
+        kafka_heartbeat_interval_ms=2_500,
+        kafka_group_instance_id="worker-0",
+    )
+    broker = build_broker(settings, RecordingConsumer())  # type: ignore[arg-type]
+    [subscriber] = broker.subscribers
+    args = subscriber._connection_args
+    assert (args["session_timeout_ms"], args["heartbeat_interval_ms"]) == (12_000, 2_500)
+    assert args["group_instance_id"] == "worker-0"
+
+
+def test_isolated_settings_prefix_the_group_and_every_topic() -> None:
+    from service.settings import isolated_settings
+
+    settings = isolated_settings("run7", batch_linger_ms=3)
+    assert settings.kafka_group_id == "run7-stock"
+    topics = [*settings.consumed_topics, *settings.published_topics]
+    assert len(set(topics)) == 8 and all(t.startswith("run7.") for t in topics)
+    assert settings.batch_linger_ms == 3
