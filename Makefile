@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check service schemas migrations tests bench
+	$(BIN)/ruff check service schemas tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -48,7 +48,7 @@ migrate: $(STAMP)
 # Not part of `make test`: minutes long, and its figures are reports, not assertions.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/stock bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Not part of `make test` either (about 13 minutes a seed); `make test` runs its short version.
 faults: $(STAMP)

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
+from stock_schemas.envelope import CloudEvent
+from stock_schemas.events import CONSUMED_DATA_MODELS
 
-from schemas.envelope import CloudEvent
-from schemas.events import CONSUMED_DATA_MODELS
 from service.domain.model import EventRef
 
 _BINARY_PREFIX = "ce_"

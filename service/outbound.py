@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import pydantic_core
+from stock_schemas.envelope import EventType
 
-from schemas.envelope import EventType
 from service.domain.model import LowStockAlert, ReservationOutcome, StockChange
 from service.inbound import Poison
 from service.settings import Settings

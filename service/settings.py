@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from schemas.envelope import EventType
+from stock_schemas.envelope import EventType
 
 
 class Settings(BaseSettings):

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.adapters.database import retry_transient
 
-#: The top-level migrations/ folder of this repository (the worker runs from a checkout
-#: or an image built from one, see deploy/Dockerfile).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+#: service/migrations, shipped inside the wheel as package data (a checkout and an
+#: installed wheel find it at the same place).
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:

@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from stock_schemas.events import ChangeType
 
-from schemas.events import ChangeType
 from service.adapters import stock_store
 from service.adapters.database import retry_transient
 from service.adapters.tables import audit_log, variants

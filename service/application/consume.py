@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from stock_schemas.envelope import EventType
+from stock_schemas.events import OrderCheckout
 
-from schemas.envelope import EventType
-from schemas.events import OrderCheckout
 from service import failpoints, metrics
 from service.adapters import stock_store
 from service.adapters.database import retry_transient

@@ -8,8 +8,8 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from stock_schemas.envelope import build_event
 
-from schemas.envelope import build_event
 from service.adapters.kafka import kafka_client_options
 from service.settings import Settings
 

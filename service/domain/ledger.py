@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from schemas.events import MAX_QUANTITY, ChangeType, ReservationStatus
+from stock_schemas.events import MAX_QUANTITY, ChangeType, ReservationStatus
+
 from service.domain.errors import (
     CountBelowReserved,
     InvalidQuantity,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from schemas.events import ChangeType, ReservationStatus
+from stock_schemas.events import ChangeType, ReservationStatus
 
 
 class OrderPhase(StrEnum):

@@ -14,9 +14,9 @@ from typing import Any, Literal
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI, Specification
 from pydantic import BaseModel, create_model
+from stock_schemas.envelope import CloudEvent, EventType
+from stock_schemas.events import CONSUMED_DATA_MODELS, StockChanged, StockLow, StockReservation
 
-from schemas.envelope import CloudEvent, EventType
-from schemas.events import CONSUMED_DATA_MODELS, StockChanged, StockLow, StockReservation
 from service.settings import Settings
 
 _CONSUMED_DESCRIPTIONS = {

@@ -114,34 +114,6 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--id", dest="event_id", help="event id (default: a new UUID)")
     publish.set_defaults(handler=_publish)
 
-    bench = commands.add_parser(
-        "bench", help="benchmark the worker against a naive consumer and its own SQL"
-    )
-    bench.add_argument(
-        "--scenario",
-        action="append",
-        choices=["uniform", "flash", "multiline", "two-workers"],
-        help="run only these (repeatable; default: all)",
-    )
-    bench.add_argument(
-        "--scale", type=float, default=1.0, help="fraction of each scenario's orders"
-    )
-    bench.add_argument("--naive-seconds", type=float, default=15.0)
-    bench.add_argument(
-        "--latency-rate", type=float, help="events/s of the latency phase (default: half the rate)"
-    )
-    bench.add_argument(
-        "--relay-apart",
-        action="store_true",
-        help="measure workers with --no-relay beside a `stock relay` process",
-    )
-    bench.add_argument("--out", type=Path, default=Path("docs") / "benchmarks.md")
-    bench.add_argument(
-        "--database-url", help="a PostgreSQL server to create databases on (default: embedded)"
-    )
-    bench.add_argument("--bootstrap-servers", help="a Kafka broker (default: embedded tansu)")
-    bench.set_defaults(handler=_bench)
-
     tail = commands.add_parser("tail", help="print the messages of topics from the beginning")
     tail.add_argument("topics", nargs="*", help="default: every topic this worker publishes")
     tail.add_argument("--seconds", type=float, help="stop after this long (default: never)")
@@ -352,38 +324,6 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(event))
-    return 0
-
-
-def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from service.benchmark.report import summary, write_figures, write_plot, write_report
-    from service.benchmark.run import run_benchmarks
-    from service.benchmark.stack import running_stack
-
-    names = args.scenario or ["uniform", "flash", "multiline", "two-workers"]
-    with running_stack(args.database_url, args.bootstrap_servers) as stack:
-        results = asyncio.run(
-            run_benchmarks(
-                stack,
-                names,
-                scale=args.scale,
-                naive_seconds=args.naive_seconds,
-                latency_rate=args.latency_rate,
-                relay_apart=args.relay_apart,
-            )
-        )
-    plot = args.out.with_suffix(".png")
-    drew = write_plot(results, plot)
-    command = " ".join(
-        ["make bench (stock bench", *(f"--scenario {n}" for n in args.scenario or ())]
-        + ([f"--scale {args.scale}"] if args.scale != 1.0 else [])
-        + ([f"--latency-rate {args.latency_rate}"] if args.latency_rate else [])
-        + (["--relay-apart"] if args.relay_apart else [])
-    ) + ")"
-    write_report(results, args.out, command, plot if drew else None)
-    write_figures(results, args.out.with_suffix(".json"))
-    print(summary(results))
-    print(f"wrote {args.out}" + (f" and {plot}" if drew else " (no plot: pip install matplotlib)"))
     return 0
 
 

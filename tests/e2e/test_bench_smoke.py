@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.benchmark.report import write_report
-from service.benchmark.run import run_benchmarks
-from service.benchmark.stack import Stack
+from bench.report import write_report
+from bench.run import run_benchmarks
+from bench.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiokafka.structs import TopicPartition
 from sqlalchemy import text
+from stock_schemas import StockChanged, StockLow, StockReservation
 
-from schemas import StockChanged, StockLow, StockReservation
 from service.adapters.kafka import ensure_topics
 from service.application.admin import StockAdmin
 from tests.e2e.helpers import (

@@ -28,8 +28,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from service.benchmark.stack import Stack as Servers
-from service.benchmark.stack import fresh_database
+from bench.stack import Stack as Servers
+from bench.stack import fresh_database
 from tests.faults.checker import OutputTopics, Verdict, check
 from tests.faults.stack import API_TOKEN, Slot, Stack, WorkerPool, run_settings
 from tests.faults.workload import SOURCE, Mix, Planned, Topics, Workload, build_workload

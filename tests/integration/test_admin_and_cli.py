@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+from stock_schemas.envelope import EventType
 
-from schemas.envelope import EventType
 from service.adapters.database import asyncpg_dsn
 from service.adapters.migrate import head_revision
 from service.application.admin import StockAdmin

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas import build_event
+from stock_schemas import build_event
+
 from service.settings import Settings
 
 _offsets = itertools.count()

@@ -4,8 +4,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from stock_schemas.events import OrderCheckout
 
-from schemas.events import OrderCheckout
 from service.inbound import InboundEvent, Poison, decode_record
 from tests.support.records import FakeRecord, checkout, event, paid
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stock_schemas.events import ChangeType
 
-from schemas.events import ChangeType
 from service.domain.errors import CountBelowReserved
 from service.domain.ledger import StockLedger
 from service.domain.model import OrderPhase, Variant

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from stock_schemas.events import ChangeType, ReservationStatus
 
-from schemas.events import ChangeType, ReservationStatus
 from service.domain.errors import (
     CountBelowReserved,
     DomainError,

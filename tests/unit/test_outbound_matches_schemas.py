@@ -3,8 +3,9 @@
 import json
 from datetime import UTC, datetime
 
-from schemas import CloudEvent, StockChanged, StockLow, StockReservation
-from schemas.events import ChangeType, ReservationStatus
+from stock_schemas import CloudEvent, StockChanged, StockLow, StockReservation
+from stock_schemas.events import ChangeType, ReservationStatus
+
 from service.domain.model import (
     EventRef,
     LowStockAlert,

@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from stock_schemas.events import ChangeType
 
-from schemas.events import ChangeType
 from service.domain.errors import (
     CountBelowReserved,
     InsufficientStock,

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query
+from stock_schemas.events import MAX_QUANTITY
 
-from schemas.events import MAX_QUANTITY
 from service.application.queries import StockLevel
 from service.domain.model import Order, StockChange
 from service.domain.requests import (

@@ -18,8 +18,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-
-from schemas.events import MAX_QUANTITY, Identifier, Quantity
+from stock_schemas.events import MAX_QUANTITY, Identifier, Quantity
 
 MAX_ITEMS_PER_REQUEST = 1000
 Text = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")]

@@ -21,9 +21,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service.adapters.database import asyncpg_dsn
-from service.adapters.kafka import ensure_topics
-from service.benchmark.stack import (
+from bench.stack import (
     Stack,
     bench_settings,
     drop_database,
@@ -31,7 +29,9 @@ from service.benchmark.stack import (
     load_catalogue,
     publish,
 )
-from service.benchmark.workload import BenchEvent, Scenario, build_events
+from bench.workload import BenchEvent, Scenario, build_events
+from service.adapters.database import asyncpg_dsn
+from service.adapters.kafka import ensure_topics
 from service.settings import Settings
 
 SAMPLE_SECONDS = 0.25

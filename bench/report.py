@@ -8,7 +8,7 @@ import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.benchmark.run import ScenarioResult
+from bench.run import ScenarioResult
 from service.settings import Settings
 
 #: The targets of issue #4, as ratios measured in the same run.

@@ -13,7 +13,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from schemas.envelope import EventType, build_event
+from stock_schemas.envelope import EventType, build_event
+
 from service.settings import Settings
 
 BENCH_SOURCE = "stock-bench"

@@ -4,8 +4,8 @@ Producers (the order and payment services, tests, the benchmark) import these to
 build events the worker accepts; consumers import them to read what it publishes.
 """
 
-from schemas.envelope import CloudEvent, EventType, build_event
-from schemas.events import (
+from stock_schemas.envelope import CloudEvent, EventType, build_event
+from stock_schemas.events import (
     CONSUMED_DATA_MODELS,
     ChangeType,
     OrderCancelled,

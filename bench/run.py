@@ -7,10 +7,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.adapters.kafka import ensure_topics
-from service.benchmark.ceiling import record_batches, replay
-from service.benchmark.naive import measure_naive
-from service.benchmark.stack import (
+from bench.ceiling import record_batches, replay
+from bench.naive import measure_naive
+from bench.stack import (
     Stack,
     bench_settings,
     drop_database,
@@ -18,8 +17,9 @@ from service.benchmark.stack import (
     load_catalogue,
     publish,
 )
-from service.benchmark.worker_run import WorkerRun, measure_worker
-from service.benchmark.workload import SCENARIOS, Scenario, build_events
+from bench.worker_run import WorkerRun, measure_worker
+from bench.workload import SCENARIOS, Scenario, build_events
+from service.adapters.kafka import ensure_topics
 
 log = logging.getLogger(__name__)
 

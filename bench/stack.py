@@ -16,9 +16,9 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import make_url
 
+from bench.workload import BenchEvent, Scenario
 from service.adapters.database import asyncpg_dsn
 from service.adapters.migrate import upgrade_to_head
-from service.benchmark.workload import BenchEvent, Scenario
 from service.settings import Settings, isolated_settings
 
 

