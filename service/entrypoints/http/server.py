@@ -42,7 +42,11 @@ class ApiServer:
         """Take the port now, before anything else starts: a busy port fails the process
         at once, before its consumer joins the group for nothing."""
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not the default 0: accepted sockets inherit the listening socket's
+        # proto, and asyncio sets TCP_NODELAY on a connection only when it is IPPROTO_TCP.
+        # Without it Nagle's algorithm meets the client's delayed ACK and every request
+        # after the first on a kept-alive connection waits about 40 ms.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self._host, self._port))
