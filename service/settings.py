@@ -9,6 +9,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from stock_schemas.envelope import EventType
 
 
+#: Every topic setting and its default name (CONTRACT.md's tables): the one list of them.
+TOPIC_DEFAULTS: dict[str, str] = {
+    "topic_order_checkout": EventType.ORDER_CHECKOUT,
+    "topic_payment_succeeded": EventType.PAYMENT_SUCCEEDED,
+    "topic_payment_failed": EventType.PAYMENT_FAILED,
+    "topic_order_cancelled": EventType.ORDER_CANCELLED,
+    "topic_stock_changed": EventType.STOCK_CHANGED,
+    "topic_stock_low": EventType.STOCK_LOW,
+    "topic_stock_reservation": EventType.STOCK_RESERVATION,
+    "topic_dlq": "stock.dlq",
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STOCK_", extra="ignore")
 
@@ -36,14 +49,14 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
 
-    topic_order_checkout: str = EventType.ORDER_CHECKOUT
-    topic_payment_succeeded: str = EventType.PAYMENT_SUCCEEDED
-    topic_payment_failed: str = EventType.PAYMENT_FAILED
-    topic_order_cancelled: str = EventType.ORDER_CANCELLED
-    topic_stock_changed: str = EventType.STOCK_CHANGED
-    topic_stock_low: str = EventType.STOCK_LOW
-    topic_stock_reservation: str = EventType.STOCK_RESERVATION
-    topic_dlq: str = "stock.dlq"
+    topic_order_checkout: str = TOPIC_DEFAULTS["topic_order_checkout"]
+    topic_payment_succeeded: str = TOPIC_DEFAULTS["topic_payment_succeeded"]
+    topic_payment_failed: str = TOPIC_DEFAULTS["topic_payment_failed"]
+    topic_order_cancelled: str = TOPIC_DEFAULTS["topic_order_cancelled"]
+    topic_stock_changed: str = TOPIC_DEFAULTS["topic_stock_changed"]
+    topic_stock_low: str = TOPIC_DEFAULTS["topic_stock_low"]
+    topic_stock_reservation: str = TOPIC_DEFAULTS["topic_stock_reservation"]
+    topic_dlq: str = TOPIC_DEFAULTS["topic_dlq"]
 
     #: `source` of every event this service publishes.
     event_source: str = "stock-service"
@@ -149,15 +162,5 @@ def isolated_settings(prefix: str, **values: object) -> Settings:
     """Settings whose consumer group and every topic carry `prefix`, so several runs
     share one broker without seeing each other's events (the test suite, the
     benchmarks, the fault suite). `values` sets anything else."""
-    topics = {
-        "topic_order_checkout": EventType.ORDER_CHECKOUT,
-        "topic_payment_succeeded": EventType.PAYMENT_SUCCEEDED,
-        "topic_payment_failed": EventType.PAYMENT_FAILED,
-        "topic_order_cancelled": EventType.ORDER_CANCELLED,
-        "topic_stock_changed": EventType.STOCK_CHANGED,
-        "topic_stock_low": EventType.STOCK_LOW,
-        "topic_stock_reservation": EventType.STOCK_RESERVATION,
-        "topic_dlq": "stock.dlq",
-    }
-    named = {field: f"{prefix}.{topic}" for field, topic in topics.items()}
+    named = {field: f"{prefix}.{topic}" for field, topic in TOPIC_DEFAULTS.items()}
     return Settings(kafka_group_id=f"{prefix}-stock", **{**named, **values})  # type: ignore[arg-type]

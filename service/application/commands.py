@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from stock_schemas.events import ChangeType
 
-from service.adapters import stock_store
-from service.adapters.database import retry_transient
 from service.adapters.tables import audit_log, variants
+from service.application.unit_of_work import StockTransaction, UnitOfWork
 from service.domain import requests
 from service.domain.errors import IdempotencyKeyReused
 from service.domain.ledger import StockLedger
 from service.domain.model import EventRef, Order, StockChange
-from service.outbound import EventWriter
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -51,7 +48,7 @@ class StockCommands:
         caller wants an answer); None waits as long as it takes (the CLI)."""
         self.engine = engine
         self.settings = settings
-        self.writer = EventWriter(settings)
+        self.unit_of_work = UnitOfWork(engine, settings)
         self.give_up_after = give_up_after
 
     async def reserve(self, reservations: Sequence[requests.ReservationRequest]) -> list[Order]:
@@ -132,42 +129,26 @@ class StockCommands:
         new_variants: dict[str, str] | None = None,
         replay: Callable[[AsyncConnection, EventRef], Awaitable[T]] | None = None,
     ) -> T:
-        """One request, one transaction; retried whole on transient database errors.
+        """One request, one transaction of the unit of work (retried whole on transient
+        database errors).
 
         With `replay`, the cause is claimed in `processed_events` like a consumed event,
         so a retry after a COMMIT whose answer was lost finds it taken and gets what
         `replay` reads back (the changes that committed) instead of applying it twice.
         """
 
-        async def attempt() -> T:
-            async with self.engine.begin() as conn:
-                if replay is not None and not await stock_store.claim_events(conn, [cause]):
-                    return await replay(conn, cause)
-                if new_variants:
-                    await conn.execute(
-                        _ENSURE_VARIANTS,
-                        {"ids": list(new_variants), "products": list(new_variants.values())},
-                    )
-                state = stock_store.LoadedState()
-                await stock_store.lock_orders(conn, order_ids, state, create_missing=create_orders)
-                held = {v for order in state.orders.values() for v in order.lines}
-                await stock_store.lock_variants(conn, held.union(variant_ids), state)
-                ledger = StockLedger(
-                    state.variants,
-                    state.orders,
-                    default_low_stock_threshold=self.settings.low_stock_threshold,
+        async def step(tx: StockTransaction) -> T:
+            if replay is not None and not await tx.claim([cause]):
+                return await replay(tx.conn, cause)
+            if new_variants:
+                await tx.conn.execute(
+                    _ENSURE_VARIANTS,
+                    {"ids": list(new_variants), "products": list(new_variants.values())},
                 )
-                result = decide(ledger, cause)
-                await stock_store.write_ledger(conn, ledger, state)
-                await stock_store.append_outbox(
-                    conn,
-                    self.writer.effects(
-                        ledger.changes, ledger.alerts, ledger.outcomes, datetime.now(UTC)
-                    ),
-                )
-                return result
+            ledger = await tx.lock(order_ids, variant_ids, create_orders=create_orders)
+            return decide(ledger, cause)
 
-        return await _retry(attempt, what, self.settings, self.give_up_after)
+        return await self.unit_of_work.run(step, what=what, give_up_after=self.give_up_after)
 
 
 def _new_cause(idempotency_key: str | None = None, operation: str = "request") -> EventRef:
@@ -194,18 +175,6 @@ def _replay_if(
         return changes
 
     return replay
-
-
-async def _retry(
-    attempt: Callable[[], Awaitable[T]], what: str, settings: Settings, give_up_after: float | None
-) -> T:
-    return await retry_transient(
-        attempt,
-        what=what,
-        initial_backoff=settings.retry_initial_backoff_seconds,
-        max_backoff=settings.retry_max_backoff_seconds,
-        give_up_after=give_up_after,
-    )
 
 
 async def _changes_caused_by(conn: AsyncConnection, cause: EventRef) -> list[StockChange]:

@@ -13,19 +13,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from stock_schemas.envelope import EventType
 from stock_schemas.events import OrderCheckout
 
 from service import failpoints, metrics
 from service.adapters import stock_store
-from service.adapters.database import retry_transient
+from service.application.unit_of_work import StockTransaction, UnitOfWork
 from service.domain.ledger import StockLedger
 from service.domain.model import EventRef
 from service.inbound import InboundEvent, KafkaRecord, Poison, decode_record
-from service.outbound import EventWriter, OutboxMessage
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,8 @@ class BatchConsumer:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        self.writer = EventWriter(settings)
+        self.unit_of_work = UnitOfWork(engine, settings)
+        self.writer = self.unit_of_work.writer
         self._ttl = timedelta(seconds=settings.reservation_ttl_seconds)
 
     def decode(self, records: Sequence[KafkaRecord]) -> list[InboundEvent | Poison]:
@@ -69,7 +69,7 @@ class BatchConsumer:
     ) -> BatchReport:
         items = self.decode(records)
         try:
-            return await self._with_retry(items, outcomes)
+            return await self._apply(items, outcomes)
         except Exception:
             # Something in this batch breaks a rule we did not foresee (a bug, or data
             # the database refuses). Isolate it: apply one message at a time, and
@@ -88,13 +88,13 @@ class BatchConsumer:
         # schema change), and must not cost a valid event its place.
         for _ in range(2):
             try:
-                return await self._with_retry([item], outcomes)
+                return await self._apply([item], outcomes)
             except Exception as error:
                 failure = error
         log.error("message %s failed on its own; dead-lettering it", _where(item), exc_info=failure)
         reason = f"processing failed: {type(failure).__name__}: {failure}"
         try:
-            return await self._with_retry([Poison(item.record, reason)], outcomes)
+            return await self._apply([Poison(item.record, reason)], outcomes)
         except Exception:
             # Not even its dead letter can be written. Pause before failing the batch
             # (Kafka then redelivers it), so a stuck batch never spins the CPU.
@@ -102,20 +102,11 @@ class BatchConsumer:
             await asyncio.sleep(self.settings.retry_max_backoff_seconds)
             raise
 
-    async def _with_retry(
-        self, items: Sequence[InboundEvent | Poison], outcomes: dict[tuple[str, str], int]
-    ) -> BatchReport:
-        return await retry_transient(
-            lambda: self._apply(items, outcomes),
-            what=f"batch of {len(items)}",
-            initial_backoff=self.settings.retry_initial_backoff_seconds,
-            max_backoff=self.settings.retry_max_backoff_seconds,
-        )
-
     async def _apply(
         self, items: Sequence[InboundEvent | Poison], outcomes: dict[tuple[str, str], int]
     ) -> BatchReport:
-        """One transaction; `outcomes` gets (topic, outcome) counts once it commits."""
+        """One transaction through the unit of work (which retries transient errors);
+        `outcomes` gets (topic, outcome) counts once it commits."""
         events: dict[EventRef, InboundEvent] = {}
         poisons: dict[tuple[str, int, int, int], Poison] = {}
         for item in items:
@@ -123,18 +114,34 @@ class BatchConsumer:
                 poisons.setdefault(item.position, item)
             else:
                 events.setdefault(item.ref, item)  # first occurrence in the batch wins
-        now = datetime.now(UTC)
-        async with self.engine.begin() as conn:
-            fresh_refs = await stock_store.claim_events(conn, list(events))
+        committed: list[StockTransaction] = []
+
+        async def step(tx: StockTransaction) -> tuple[list[InboundEvent], list[Poison]]:
+            committed[:] = [tx]
+            fresh_refs = await tx.claim(list(events))
             fresh = [event for ref, event in events.items() if ref in fresh_refs]
-            new_dead = await stock_store.claim_dead_letters(conn, list(poisons.values()))
+            new_dead = await stock_store.claim_dead_letters(tx.conn, list(poisons.values()))
             dead = [poison for position, poison in poisons.items() if position in new_dead]
-            messages: list[OutboxMessage] = []
             if fresh:
-                messages = await self._decide(conn, fresh, now)
-            messages.extend(self.writer.dead_letter(poison) for poison in dead)
-            await stock_store.append_outbox(conn, messages)
-            failpoints.reach("mid_batch")
+                ledger = await tx.lock(
+                    [event.data.order_id for event in fresh],
+                    [
+                        line.variant_id
+                        for event in fresh
+                        if isinstance(event.data, OrderCheckout)
+                        for line in event.data.lines
+                    ],
+                )
+                for event in fresh:
+                    self._apply_event(ledger, event, tx.now)
+            tx.publish([self.writer.dead_letter(poison) for poison in dead])
+            return fresh, dead
+
+        fresh, dead = await self.unit_of_work.run(
+            step,
+            what=f"batch of {len(items)}",
+            before_commit=lambda: failpoints.reach("mid_batch"),
+        )
         failpoints.reach("after_commit")
         applied = {id(event) for event in fresh}
         dead_ids = {id(poison) for poison in dead}
@@ -155,35 +162,14 @@ class BatchConsumer:
             applied=len(fresh),
             duplicates=len(items) - len(fresh) - len(dead),
             dead_lettered=len(dead),
-            published=len(messages),
+            published=committed[0].appended,
         )
 
-    async def _decide(
-        self, conn: AsyncConnection, fresh: list[InboundEvent], now: datetime
-    ) -> list[OutboxMessage]:
-        """Lock what the events touch (orders, then variants), apply them, write back."""
-        state = stock_store.LoadedState()
-        await stock_store.lock_orders(conn, (e.data.order_id for e in fresh), state)
-        variant_ids = {v for order in state.orders.values() for v in order.lines}
-        for event in fresh:
-            if isinstance(event.data, OrderCheckout):
-                variant_ids.update(line.variant_id for line in event.data.lines)
-        await stock_store.lock_variants(conn, variant_ids, state)
-        ledger = StockLedger(
-            state.variants,
-            state.orders,
-            default_low_stock_threshold=self.settings.low_stock_threshold,
-        )
-        for event in fresh:
-            self._apply_event(ledger, event)
-        await stock_store.write_ledger(conn, ledger, state)
-        return self.writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, now)
-
-    def _apply_event(self, ledger: StockLedger, event: InboundEvent) -> None:
+    def _apply_event(self, ledger: StockLedger, event: InboundEvent, now: datetime) -> None:
         data = event.data
         if event.type == EventType.ORDER_CHECKOUT:
             expires_at = data.expires_at or (event.time + self._ttl)
-            ledger.checkout(data.order_id, data.merged_lines(), expires_at, event.ref)
+            ledger.checkout(data.order_id, data.merged_lines(), expires_at, event.ref, now=now)
         elif event.type == EventType.PAYMENT_SUCCEEDED:
             ledger.payment_succeeded(data.order_id, event.ref)
         elif event.type == EventType.PAYMENT_FAILED:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import metrics
 from service.adapters import stock_store
-from service.adapters.database import retry_transient
-from service.domain.ledger import StockLedger
-from service.outbound import EventWriter
+from service.application.unit_of_work import StockTransaction, UnitOfWork
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +25,7 @@ class HoldSweeper:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        self.writer = EventWriter(settings)
+        self.unit_of_work = UnitOfWork(engine, settings)
         self.expired_total = 0
 
     async def sweep_once(self, now: datetime | None = None) -> int:
@@ -39,7 +36,7 @@ class HoldSweeper:
         broken: set[str] = set()
         while True:
             try:
-                taken, expired = await self._retrying(self._sweep_batch, now, limit, broken)
+                taken, expired = await self._sweep_batch(now, limit, broken)
             except Exception:
                 # One order we cannot expire must not keep every other hold in place.
                 log.exception("expiry batch failed; expiring its orders one at a time")
@@ -61,7 +58,7 @@ class HoldSweeper:
         for order_id in candidates:
             others = broken | (set(candidates) - {order_id})
             try:
-                _, one = await self._retrying(self._sweep_batch, now, 1, others)
+                _, one = await self._sweep_batch(now, 1, others)
             except Exception:
                 log.exception("cannot expire order %s; leaving it for an operator", order_id)
                 broken.add(order_id)
@@ -69,41 +66,20 @@ class HoldSweeper:
                 expired += one
         return len(candidates), expired
 
-    async def _retrying(
-        self, sweep: Any, now: datetime, limit: int, skip: set[str]
-    ) -> tuple[int, int]:
-        result: tuple[int, int] = await retry_transient(
-            lambda: sweep(now, limit, skip),
-            what="expiry sweep",
-            initial_backoff=self.settings.retry_initial_backoff_seconds,
-            max_backoff=self.settings.retry_max_backoff_seconds,
-        )
-        return result
-
     async def _sweep_batch(self, now: datetime, limit: int, skip: set[str]) -> tuple[int, int]:
         """Expire up to `limit` due holds in one transaction: (orders taken, expired)."""
-        async with self.engine.begin() as conn:
-            order_ids = await stock_store.lock_expired_orders(conn, now, limit, skip)
+
+        async def step(tx: StockTransaction) -> tuple[int, int]:
+            order_ids = await stock_store.lock_expired_orders(tx.conn, now, limit, skip)
             if not order_ids:
                 return 0, 0
-            state = stock_store.LoadedState()
-            await stock_store.lock_orders(conn, order_ids, state, create_missing=False)
-            await stock_store.lock_variants(
-                conn, {v for order in state.orders.values() for v in order.lines}, state
-            )
-            ledger = StockLedger(
-                state.variants,
-                state.orders,
-                default_low_stock_threshold=self.settings.low_stock_threshold,
-            )
-            expired = sum(1 for order_id in order_ids if ledger.expire(order_id, now))
-            await stock_store.write_ledger(conn, ledger, state)
-            await stock_store.append_outbox(
-                conn, self.writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, now)
-            )
+            ledger = await tx.lock(order_ids, create_orders=False)
+            return len(order_ids), sum(1 for order_id in order_ids if ledger.expire(order_id, now))
+
+        taken, expired = await self.unit_of_work.run(step, what="expiry sweep", now=now)
         if expired:
             log.info("expired %d holds", expired)
-        return len(order_ids), expired
+        return taken, expired
 
     async def run_forever(self) -> None:
         while True:

@@ -11,6 +11,7 @@ failure; the final stock of an order does not depend on arrival order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from stock_schemas.events import MAX_QUANTITY, ChangeType, ReservationStatus
@@ -22,6 +23,8 @@ from service.domain.errors import (
     UnknownVariant,
 )
 from service.domain.model import (
+    HOLDING_PHASES,
+    RETAKING_PHASES,
     EventRef,
     LowStockAlert,
     Order,
@@ -40,10 +43,6 @@ REASON_PAYMENT_FAILED = "payment_failed"
 REASON_HOLD_EXPIRED = "hold_expired"
 REASON_RELEASED = "released"
 
-#: Phases in which the order's stock is held (counted in `reserved`).
-_HOLDING = frozenset({OrderPhase.RESERVED})
-#: Phases after which a late payment may take the stock again.
-_RETAKEABLE = frozenset({OrderPhase.RELEASED, OrderPhase.EXPIRED})
 
 
 class StockLedger:
@@ -79,7 +78,17 @@ class StockLedger:
         lines: dict[str, int],
         expires_at: datetime,
         cause: EventRef | None = None,
+        *,
+        now: datetime | None = None,
     ) -> None:
+        """Hold the order's lines until `expires_at`, all or none.
+
+        `now`: when the checkout is processed. A checkout whose hold has already ended
+        by then (a backlog, a worker that was down) holds nothing: it is EXPIRED at
+        once, so a stale order never keeps stock from live shoppers until the next
+        sweep (CONTRACT.md, "Staleness"). None: the caller vouches that `expires_at`
+        is ahead (an HTTP reservation checks it when it arrives).
+        """
         order = self.order(order_id)
         if order.phase is not OrderPhase.PENDING:
             return  # a repeated checkout (new event id, same order) changes nothing
@@ -90,6 +99,10 @@ class StockLedger:
         elif order.payment is PaymentOutcome.FAILED:
             # Nothing is held, but a later success may still take the stock.
             self._settle(order, OrderPhase.RELEASED, REASON_PAYMENT_FAILED, cause=cause)
+        elif now is not None and expires_at <= now and all(v in self.variants for v in lines):
+            # Nothing is held; a payment (already here, or later) may take the stock.
+            # (A variant no one knows is still `unknown_variant`: the more useful answer.)
+            self._settle(order, OrderPhase.EXPIRED, REASON_HOLD_EXPIRED, cause=cause)
         else:
             self._reserve(order, cause)
         # A payment that came first is answered now: CONFIRMED, or CONFIRM_FAILED (the
@@ -121,7 +134,7 @@ class StockLedger:
         if order.payment is PaymentOutcome.SUCCEEDED:
             return  # a success wins over a failure, whichever came first
         order.payment = PaymentOutcome.FAILED
-        if order.phase in _HOLDING:
+        if order.phase in HOLDING_PHASES:
             self._release(
                 order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_PAYMENT_FAILED, cause
             )
@@ -131,7 +144,7 @@ class StockLedger:
         if order.cancelled:
             return
         order.cancelled = True
-        if order.phase in _HOLDING:
+        if order.phase in HOLDING_PHASES:
             self._release(
                 order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_ORDER_CANCELLED, cause
             )
@@ -143,7 +156,7 @@ class StockLedger:
     def expire(self, order_id: str, now: datetime) -> bool:
         """Release a hold whose time is up. True if it expired."""
         order = self.orders.get(order_id)
-        if order is None or order.phase not in _HOLDING:
+        if order is None or order.phase not in HOLDING_PHASES:
             return False
         if order.expires_at is None or order.expires_at > now:
             return False
@@ -161,7 +174,7 @@ class StockLedger:
         again, exactly as after a failed payment.
         """
         order = self.orders.get(order_id)
-        if order is None or order.phase not in _HOLDING:
+        if order is None or order.phase not in HOLDING_PHASES:
             return False
         self.touched_orders.add(order_id)
         self._release(order, ChangeType.RELEASE, OrderPhase.RELEASED, REASON_RELEASED, cause, note)
@@ -175,7 +188,7 @@ class StockLedger:
                     variant_id, ChangeType.SALE, -quantity, -quantity, order.order_id, note, cause
                 )
             self._settle(order, OrderPhase.CONFIRMED, cause=cause)
-        elif order.phase in _RETAKEABLE and not order.cancelled:
+        elif order.phase in RETAKING_PHASES and not order.cancelled:
             reason, shortages = self._shortages(order.lines)
             if shortages:
                 self._settle(order, OrderPhase.CONFIRM_FAILED, reason, shortages, cause)
@@ -183,7 +196,7 @@ class StockLedger:
             for variant_id, quantity in order.lines.items():
                 self._change(variant_id, ChangeType.SALE, -quantity, 0, order.order_id, note, cause)
             self._settle(order, OrderPhase.CONFIRMED, cause=cause)
-        elif order.phase in _RETAKEABLE:  # and cancelled: cancellation wins
+        elif order.phase in RETAKING_PHASES:  # and cancelled: cancellation wins
             self._settle(order, OrderPhase.CONFIRM_FAILED, REASON_ORDER_CANCELLED, cause=cause)
         elif order.phase is OrderPhase.RETURNED:
             # Another payment for an order whose stock went back: answer it (the payment
@@ -243,24 +256,36 @@ class StockLedger:
             )
         )
 
+    def shortages(
+        self, wanted: Mapping[str, int]
+    ) -> tuple[tuple[str, ...], tuple[Shortage, ...]]:
+        """The one shortage arithmetic, for events and requests alike: of `wanted`
+        (variant -> units), the unknown variants, and the known ones with fewer units
+        available than wanted."""
+        unknown = tuple(v for v in wanted if v not in self.variants)
+        short = tuple(
+            Shortage(variant_id, quantity, max(self.variants[variant_id].available, 0))
+            for variant_id, quantity in wanted.items()
+            if variant_id in self.variants and self.variants[variant_id].available < quantity
+        )
+        return unknown, short
+
     def _shortages(self, lines: dict[str, int]) -> tuple[str | None, tuple[Shortage, ...]]:
         """Every line that cannot be held now (not just the first), and the reason.
 
         An unknown variant is reported as a shortage with nothing available, and
         makes the reason `unknown_variant`: no restock will ever fill it.
         """
-        shortages = []
-        unknown = False
-        for variant_id, quantity in lines.items():
-            variant = self.variants.get(variant_id)
-            if variant is None:
-                unknown = True
-                shortages.append(Shortage(variant_id, quantity, 0))
-            elif variant.available < quantity:
-                shortages.append(Shortage(variant_id, quantity, variant.available))
-        if not shortages:
+        unknown, short = self.shortages(lines)
+        if not unknown and not short:
             return None, ()
-        return (REASON_UNKNOWN_VARIANT if unknown else REASON_INSUFFICIENT_STOCK), tuple(shortages)
+        known_short = {s.variant_id: s for s in short}
+        listed = tuple(
+            known_short.get(variant_id) or Shortage(variant_id, quantity, 0)
+            for variant_id, quantity in lines.items()
+            if variant_id in known_short or variant_id in unknown
+        )
+        return (REASON_UNKNOWN_VARIANT if unknown else REASON_INSUFFICIENT_STOCK), listed
 
     # ------------------------------------------------------- admin operations
 

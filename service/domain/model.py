@@ -22,6 +22,13 @@ class OrderPhase(StrEnum):
     CONFIRM_FAILED = ReservationStatus.CONFIRM_FAILED.value
 
 
+#: Phases in which an order's stock is held (counted in `reserved`).
+HOLDING_PHASES = frozenset({OrderPhase.RESERVED})
+#: Phases whose hold was given back, after which a payment success (a late
+#: `payment.succeeded`, or a confirm request) takes the stock again if it is there.
+RETAKING_PHASES = frozenset({OrderPhase.RELEASED, OrderPhase.EXPIRED})
+
+
 class PaymentOutcome(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"

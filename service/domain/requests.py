@@ -26,12 +26,10 @@ from service.domain.errors import (
     UnknownVariant,
 )
 from service.domain.ledger import StockLedger
-from service.domain.model import EventRef, Order, OrderPhase, Shortage, StockChange
+from service.domain.model import RETAKING_PHASES, EventRef, Order, OrderPhase, StockChange
 
 #: A repeated reserve answers with the reservation as it stands while it holds or sold.
 _ANSWERED_AS_IS = frozenset({OrderPhase.RESERVED, OrderPhase.CONFIRMED})
-#: Confirming these takes the stock again (the hold was given back).
-_TAKES_STOCK_AGAIN = frozenset({OrderPhase.RELEASED, OrderPhase.EXPIRED})
 #: Confirming these cannot succeed: the order was refused, cancelled or refunded.
 _UNCONFIRMABLE = frozenset({OrderPhase.REJECTED, OrderPhase.RETURNED, OrderPhase.CONFIRM_FAILED})
 
@@ -170,14 +168,9 @@ def _check_available(ledger: StockLedger, line_sets: Sequence[dict[str, int]]) -
     for lines in line_sets:
         for variant_id, quantity in lines.items():
             wanted[variant_id] = wanted.get(variant_id, 0) + quantity
-    unknown = [v for v in wanted if v not in ledger.variants]
+    unknown, shortages = ledger.shortages(wanted)
     if unknown:
         raise UnknownVariant(*unknown)
-    shortages = tuple(
-        Shortage(variant_id, quantity, max(ledger.variants[variant_id].available, 0))
-        for variant_id, quantity in wanted.items()
-        if ledger.variants[variant_id].available < quantity
-    )
     if shortages:
         raise InsufficientStock(shortages)
 
@@ -208,7 +201,7 @@ def confirm_sales(
     if closed:
         raise ReservationClosed(closed, "it cannot be sold")
     # Lapsed holds take their stock again: all of them together, or none.
-    _check_available(ledger, [o.lines for o in orders.values() if o.phase in _TAKES_STOCK_AGAIN])
+    _check_available(ledger, [o.lines for o in orders.values() if o.phase in RETAKING_PHASES])
     for confirmation in confirmations:
         ledger.payment_succeeded(confirmation.reservation_id, cause, note=confirmation.note)
     return list(orders.values())

@@ -335,9 +335,10 @@ def _check_dlq_topic(
 #: CONTRACT.md's table as announcements: which status may follow which, for one order.
 #: (None: the first announcement. A payment that came before its checkout is
 #: announced RESERVED, then CONFIRMED; a failure before it, RELEASED; a cancellation
-#: before it, REJECTED.)
+#: before it, REJECTED; a checkout handled after its hold had ended, EXPIRED at once,
+#: as CONTRACT.md's "Staleness" says.)
 NEXT_STATUSES: dict[str | None, set[str]] = {
-    None: {"RESERVED", "REJECTED", "RELEASED"},
+    None: {"RESERVED", "REJECTED", "RELEASED", "EXPIRED"},
     "RESERVED": {"CONFIRMED", "RELEASED", "EXPIRED"},
     "CONFIRMED": {"RETURNED"},
     "RELEASED": {"CONFIRMED", "CONFIRM_FAILED"},

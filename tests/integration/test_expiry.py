@@ -202,16 +202,16 @@ async def test_an_order_that_cannot_expire_does_not_hold_back_the_others(
 
     s = Scenario(engine, settings)
     await s.restock(("v1", 10), ("v2", 10))
-    past = datetime.now(UTC) - timedelta(minutes=1)
+    soon = datetime.now(UTC) + timedelta(minutes=1)
     await s.deliver(
-        s.record(checkout("o-broken", {"v1": 3}, expires_at=past)),
-        s.record(checkout("o-fine", {"v2": 2}, expires_at=past)),
+        s.record(checkout("o-broken", {"v1": 3}, expires_at=soon)),
+        s.record(checkout("o-fine", {"v2": 2}, expires_at=soon)),
     )
     # A hand-made "fix" breaks v1's books: expiring o-broken would make reserved < 0.
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE variants SET reserved = 0 WHERE variant_id = 'v1'"))
 
-    expired = await HoldSweeper(engine, settings).sweep_once()
+    expired = await HoldSweeper(engine, settings).sweep_once(now=soon + timedelta(seconds=1))
 
     assert expired == 1
     assert await s.phase("o-fine") == "EXPIRED"

@@ -25,3 +25,14 @@ def test_every_domain_error_has_a_status(error: type[errors.DomainError]) -> Non
 def test_codes_are_unique() -> None:
     codes = [e.code for e in _all_subclasses(errors.DomainError)]
     assert len(codes) == len(set(codes))
+
+
+def test_the_openapi_document_names_every_code_under_its_status() -> None:
+    from service.entrypoints.http.app import create_app
+    from service.entrypoints.http.services import ApiServices
+    from service.settings import Settings
+
+    document = create_app(ApiServices.build(Settings(), engine=None)).openapi()  # type: ignore[arg-type]
+    reserve = document["paths"]["/api/inventory/reserve"]["post"]["responses"]
+    for code, status in STATUS_BY_CODE.items():
+        assert f"`{code}`" in reserve[str(status)]["description"], (code, status)

@@ -26,6 +26,7 @@ from service.domain.errors import (
     UnknownReservation,
     UnknownVariant,
 )
+from service.entrypoints.http.models import ErrorBody
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,47 @@ _STATUS_CODES = {
 }
 
 
+#: What each status means beside the domain errors' codes, for the OpenAPI document.
+_OTHER_CODES = {
+    400: "`bad_request`: a body that is not even text (invalid UTF-8).",
+    401: "No valid bearer token (`unauthorized`).",
+    413: "`payload_too_large`: the body is over STOCK_HTTP_MAX_BODY_BYTES.",
+    422: "`validation_failed`: the body or a parameter breaks the schema.",
+    503: "`database_unavailable`: try again.",
+}
+
+
+def _documented_errors() -> dict[int | str, dict[str, Any]]:
+    """The error answers of every /api/inventory route, each status listing every code
+    it can carry, read from STATUS_BY_CODE: a new error is documented by adding it."""
+    codes: dict[int, list[str]] = {}
+    for code, status in STATUS_BY_CODE.items():
+        codes.setdefault(status, []).append(f"`{code}`")
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": " ".join(
+                part
+                for part in (
+                    _OTHER_CODES.get(status),
+                    f"Codes: {', '.join(codes[status])}." if status in codes else None,
+                )
+                if part
+            ),
+        }
+        for status in sorted({*_OTHER_CODES, *codes})
+    }
+
+
 class Unauthorized(Exception):
     """No bearer token, or one that is not in STOCK_API_TOKENS."""
 
 
 class TooManyStreams(Exception):
     """STOCK_STREAM_MAX_CLIENTS streams are open in this process already."""
+
+
+DOCUMENTED_ERRORS = _documented_errors()
 
 
 def error_response(

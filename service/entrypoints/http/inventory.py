@@ -25,7 +25,7 @@ from service.domain.requests import (
 )
 from service.entrypoints.http import models
 from service.entrypoints.http.auth import require_read_token, require_write_token
-from service.entrypoints.http.models import ErrorBody
+from service.entrypoints.http.errors import DOCUMENTED_ERRORS
 from service.entrypoints.http.services import ApiServices, services
 
 VariantId = Annotated[
@@ -51,26 +51,12 @@ IdempotencyKey = Annotated[
 ]
 Services = Annotated[ApiServices, Depends(services)]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in (
-        (400, "`bad_request`: a body that is not even text (invalid UTF-8)."),
-        (401, "No valid bearer token (`unauthorized`)."),
-        (404, "`unknown_variant`, `unknown_reservation` or `unknown_product`."),
-        (409, "`insufficient_stock` (with shortages), `reservation_closed`, "
-         "`reservation_mismatch` or `count_below_reserved`."),
-        (413, "`payload_too_large`: the body is over STOCK_HTTP_MAX_BODY_BYTES."),
-        (422, "`validation_failed` and other invalid input."),
-        (503, "`database_unavailable`: try again."),
-    )
-}
-
 #: Reads take a token only if STOCK_API_READS_REQUIRE_TOKEN: optional, in OpenAPI terms.
 #: FastAPI lists the bearer scheme; this adds the empty requirement that makes it optional.
 OPTIONAL_BEARER: dict[str, Any] = {"security": [{}]}
 
-reads = APIRouter(dependencies=[Depends(require_read_token)], responses=_ERRORS)
-writes = APIRouter(dependencies=[Depends(require_write_token)], responses=_ERRORS)
+reads = APIRouter(dependencies=[Depends(require_read_token)], responses=DOCUMENTED_ERRORS)
+writes = APIRouter(dependencies=[Depends(require_write_token)], responses=DOCUMENTED_ERRORS)
 
 
 @reads.get("/check/{variantId}", response_model=models.Availability, openapi_extra=OPTIONAL_BEARER)
