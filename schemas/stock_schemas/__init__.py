@@ -1,12 +1,16 @@
 """The executable form of CONTRACT.md: CloudEvent envelope and `data` models.
 
 Producers (the order and payment services, tests, the benchmark) import these to
-build events the worker accepts; consumers import them to read what it publishes.
+build events the worker accepts (`build_event`); consumers import them to read what
+it publishes (`parse_record`, for a Kafka record in either CloudEvents mode).
+JSON Schemas of the same models, for other languages: `python -m stock_schemas.jsonschema`.
 """
 
-from stock_schemas.envelope import CloudEvent, EventType, build_event
+from stock_schemas.envelope import SPECVERSION, CloudEvent, EventType, build_event
 from stock_schemas.events import (
     CONSUMED_DATA_MODELS,
+    DATA_MODELS,
+    PUBLISHED_DATA_MODELS,
     ChangeType,
     OrderCancelled,
     OrderCheckout,
@@ -19,15 +23,21 @@ from stock_schemas.events import (
     StockLow,
     StockReservation,
 )
+from stock_schemas.kafka import InvalidEvent, ParsedEvent, parse_record
 
 __all__ = [
     "CONSUMED_DATA_MODELS",
+    "DATA_MODELS",
+    "PUBLISHED_DATA_MODELS",
+    "SPECVERSION",
     "ChangeType",
     "CloudEvent",
     "EventType",
+    "InvalidEvent",
     "OrderCancelled",
     "OrderCheckout",
     "OrderLine",
+    "ParsedEvent",
     "PaymentFailed",
     "PaymentSucceeded",
     "ReservationStatus",
@@ -36,4 +46,5 @@ __all__ = [
     "StockLow",
     "StockReservation",
     "build_event",
+    "parse_record",
 ]

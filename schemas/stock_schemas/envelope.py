@@ -1,4 +1,7 @@
-"""CloudEvents 1.0 envelope, structured mode, as published and accepted."""
+"""CloudEvents 1.0 envelope, structured mode, as published and accepted.
+
+Reading one from a Kafka record (either mode) is `stock_schemas.kafka.parse_record`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+#: The only CloudEvents version written and accepted.
+SPECVERSION = "1.0"
 
 
 class EventType(StrEnum):
@@ -27,7 +33,7 @@ class CloudEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    specversion: str = "1.0"
+    specversion: str = SPECVERSION
     id: str = Field(min_length=1, max_length=500)
     source: str = Field(min_length=1, max_length=500)
     type: str = Field(min_length=1)
@@ -51,7 +57,7 @@ def build_event(
         data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
     )
     event: dict[str, Any] = {
-        "specversion": "1.0",
+        "specversion": SPECVERSION,
         "id": event_id or str(uuid.uuid4()),
         "source": source,
         "type": event_type,

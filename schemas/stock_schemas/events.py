@@ -138,3 +138,14 @@ CONSUMED_DATA_MODELS: dict[str, type[_Data]] = {
     "payment.failed": PaymentFailed,
     "order.cancelled": OrderCancelled,
 }
+
+#: Published event type -> its `data` model (what the worker's neighbours read).
+PUBLISHED_DATA_MODELS: dict[str, type[_Data]] = {
+    "stock.changed": StockChanged,
+    "stock.low": StockLow,
+    "stock.reservation": StockReservation,
+}
+
+#: Every event type of the contract -> its `data` model: what `parse_record` reads by
+#: default and what the JSON Schemas are generated from.
+DATA_MODELS: dict[str, type[_Data]] = {**CONSUMED_DATA_MODELS, **PUBLISHED_DATA_MODELS}

@@ -3,11 +3,21 @@
 The worker's own subscriber reads raw records (bad input is a dead letter, not a
 parse error), so it cannot describe the events. This builds a broker that is never
 started, declaring each topic with its CloudEvent model: topic names come from the
-same settings as the worker's, the payloads from `schemas/`.
+same settings as the worker's, the payloads from `schemas/` (`stock_schemas`).
+
+The document for the default settings is committed as `schemas/asyncapi.json`, for
+the neighbours' tooling in any language; regenerate it with (no `STOCK_*` set)
+
+    stock docs asyncapi --output schemas/asyncapi.json
+
+and tests/unit/test_json_schemas.py fails when it is stale.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
@@ -92,12 +102,49 @@ def asyncapi_specification(settings: Settings) -> Specification:
         "headers, plus `reason`, `topic`, `partition` and `offset` headers.",
         schema=bytes,
     )
-    return AsyncAPI(
-        broker,
-        title="stock-worker",
-        version=package_version(),
-        description="Kafka side of the stock reservation worker (see CONTRACT.md).",
-    ).to_specification()
+    return _Document(
+        AsyncAPI(
+            broker,
+            title="stock-worker",
+            version=package_version(),
+            description="Kafka side of the stock reservation worker (see CONTRACT.md).",
+        ).to_specification()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Document:
+    """The generated specification, in a stable order and its JSON indented: the
+    committed copy is compared by a test and read and diffed by people. FastStream
+    lists channels, operations and components in an order that changes from run to
+    run (hash order), so those are sorted by name. Everything else is FastStream's."""
+
+    specification: Specification
+
+    @property
+    def title(self) -> str:
+        return self.specification.title
+
+    def to_jsonable(self) -> Any:
+        document = self.specification.to_jsonable()
+        for section in ("channels", "operations"):
+            if isinstance(document.get(section), dict):
+                document[section] = dict(sorted(document[section].items()))
+        components = document.get("components")
+        if isinstance(components, dict):
+            for kind, named in components.items():
+                if isinstance(named, dict):
+                    components[kind] = dict(sorted(named.items()))
+        return document
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_jsonable(), indent=2, ensure_ascii=False)
+
+    def to_yaml(self) -> str:
+        # Imported as FastStream does, when asked: only `stock docs asyncapi --yaml` needs it.
+        yaml: Any = importlib.import_module("yaml")
+        dumped: str = yaml.safe_dump(self.to_jsonable(), sort_keys=False, allow_unicode=True)
+        return dumped
 
 
 def package_version() -> str:
