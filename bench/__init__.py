@@ -1,1 +1,1 @@
-"""`stock bench`: the worker measured against a naive consumer and its own SQL, per scenario."""
+"""`make bench` (`python -m bench`): the worker against a naive consumer and its own SQL."""

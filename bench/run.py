@@ -1,4 +1,4 @@
-"""`stock bench`: every scenario, side by side, in one run on one machine."""
+"""`make bench` (`python -m bench`): every scenario, side by side, in one run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every setting is a `STOCK_*` environment variable; the README lists each with its default."""
+"""Every setting is a `STOCK_*` environment variable; docs/reference.md lists each."""
 
 from __future__ import annotations
 
