@@ -184,7 +184,8 @@ def _analysis(by_name: dict[str, ScenarioResult]) -> list[str]:
                 "  rows committed before it. The outbox backlog reached "
                 f"{w.outbox_max_backlog:,} rows here.",
                 "  At a low rate the same path is",
-                "  fast: `python -m bench --scenario uniform --scale 0.05 --latency-rate 100` measured",
+                "  fast: `python -m bench --scenario uniform --scale 0.05 --latency-rate 100`",
+                "  measured",
                 "  p50 39 ms and p99 70 ms. A relay in its own process (`stock run --no-relay`",
                 "  beside `stock relay`) helps: `python -m bench --scenario uniform --scale 0.5",
                 "  --relay-apart` measured 6,628 events/s and p50 162 ms at half that rate,",
