@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from stock_schemas.envelope import EventType
+
+#: What `STOCK_LOG_LEVEL` takes (in any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The forms of `STOCK_DATABASE_URL`, as an error message says them.
+DATABASE_URL_FORMS = (
+    "postgresql://user:password@host:5432/database "
+    "(postgres:// and postgresql+asyncpg:// work too)"
+)
 
 #: Every topic setting and its default name (CONTRACT.md's tables): the one list of them.
 TOPIC_DEFAULTS: dict[str, str] = {
@@ -128,6 +136,38 @@ class Settings(BaseSettings):
     #: Browser origins allowed to call the API (CORS), comma-separated, such as
     #: `https://shop.example.com`; `*` is any origin. Empty: no CORS (the default).
     http_cors_origins: str = ""
+
+    @field_validator("log_level")
+    @classmethod
+    def _a_real_log_level(cls, value: str) -> str:
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(
+                f"not a log level; expected one of {', '.join(LOG_LEVELS)} (in any case)"
+            )
+        return value.strip().upper()
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_postgresql_url(cls, value: str) -> str:
+        """What `service.adapters.database` can connect with: any `postgresql` or
+        `postgres` URL (a driver suffix is replaced by asyncpg)."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError(f"not a URL; expected {DATABASE_URL_FORMS}") from None
+        except ValueError:  # the port
+            raise ValueError(f"its port is not a number; expected {DATABASE_URL_FORMS}") from None
+        if backend not in ("postgresql", "postgres"):
+            raise ValueError(f"not a PostgreSQL URL; expected {DATABASE_URL_FORMS}")
+        return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _in_any_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> Settings:
