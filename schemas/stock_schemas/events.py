@@ -2,14 +2,64 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
-#: Ids are opaque strings; NUL is refused because PostgreSQL text cannot hold it.
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+#: The id rule (order, variant, product and reservation ids; CONTRACT.md): an opaque
+#: string of 1 to 200 characters, with no white space at either end (`" v1"` and `"v1"`
+#: would be two variants no one can tell apart) and no control characters (PostgreSQL
+#: text cannot hold NUL; a tab or a newline hides in logs and terminals). Spaces inside
+#: are fine. The JSON Schemas carry it as this pattern.
+ID_PATTERN = (
+    r"^[^\s\ufeff\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\ufeff\x00-\x1f\x7f-\x9f])?$"
+)
+ID_MAX_LENGTH = 200
+_ID = re.compile(ID_PATTERN)
+
+
+def check_id(value: str) -> str:
+    """`value` if it follows the id rule (length aside), else a readable error."""
+    if _ID.fullmatch(value) is None:
+        raise PydanticCustomError(
+            "identifier",
+            "an id must not start or end with white space, nor contain control characters",
+        )
+    return value
+
+
+class _IdPattern:
+    """Adds the id rule to the JSON Schema as `pattern` (it is checked by `check_id`,
+    whose error says what is wrong instead of quoting the pattern)."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["pattern"] = ID_PATTERN
+        return json_schema
+
+
+#: Every id of an event, a request or a command line: the one definition of the rule.
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=ID_MAX_LENGTH),
+    AfterValidator(check_id),
+    _IdPattern(),
+]
 #: A billion units of one variant in one line is far past any real order; the bound
 #: keeps arithmetic inside PostgreSQL's bigint with room to spare.
 MAX_QUANTITY = 1_000_000_000
