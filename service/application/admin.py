@@ -17,11 +17,27 @@ from service.domain.model import StockChange
 from service.domain.requests import CountRequest, RestockRequest
 from service.settings import Settings
 
+#: `source` of what the `stock` CLI changes (audit rows, idempotency claims).
+CLI_SOURCE = "stock-cli"
+
 
 class StockAdmin:
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
-        self.commands = StockCommands(engine, settings)
+    def __init__(
+        self, engine: AsyncEngine, settings: Settings, *, source: str = CLI_SOURCE
+    ) -> None:
+        """`source`: who changes stock through this admin, recorded on its audit rows."""
+        self.engine = engine
+        self.settings = settings
+        self.commands = StockCommands(engine, settings, source=source)
         self.queries = StockQueries(engine, settings)
+
+    @property
+    def source(self) -> str:
+        return self.commands.source
+
+    def acting_as(self, source: str) -> StockAdmin:
+        """The same admin for another entrypoint (the dev catalogue)."""
+        return StockAdmin(self.engine, self.settings, source=source)
 
     async def restock(
         self,

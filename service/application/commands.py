@@ -26,8 +26,10 @@ from service.settings import Settings
 
 T = TypeVar("T")
 
-#: `source` of the audit causes (and idempotency claims) of synchronous requests.
-REQUEST_SOURCE = "stock-api"
+#: `source` of the audit causes (and idempotency claims) of requests made over HTTP;
+#: every entrypoint names its own (the CLI `stock-cli`, the dev catalogue
+#: `stock-dev-catalogue`), so the audit log says where a change came from.
+API_SOURCE = "stock-api"
 
 _ENSURE_VARIANTS = text(
     """
@@ -42,19 +44,28 @@ _ENSURE_VARIANTS = text(
 
 class StockCommands:
     def __init__(
-        self, engine: AsyncEngine, settings: Settings, *, give_up_after: float | None = None
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        source: str = API_SOURCE,
+        give_up_after: float | None = None,
     ) -> None:
-        """`give_up_after`: seconds to wait out a database outage before raising (an HTTP
-        caller wants an answer); None waits as long as it takes (the CLI)."""
+        """`source`: the entrypoint, recorded as the `source` of every audit row and
+        idempotency claim (a key is the caller's: the same key through another
+        entrypoint is another request). `give_up_after`: seconds to wait out a
+        database outage before raising (an HTTP caller wants an answer); None waits as
+        long as it takes (the CLI)."""
         self.engine = engine
         self.settings = settings
+        self.source = source
         self.unit_of_work = UnitOfWork(engine, settings)
         self.give_up_after = give_up_after
 
     async def reserve(self, reservations: Sequence[requests.ReservationRequest]) -> list[Order]:
         return await self._run(
             "reserve",
-            _new_cause(),
+            _new_cause(self.source),
             lambda ledger, cause: requests.reserve(ledger, reservations, cause),
             order_ids=[r.reservation_id for r in reservations],
             create_orders=True,
@@ -66,7 +77,7 @@ class StockCommands:
     ) -> list[Order]:
         return await self._run(
             "confirm-sale",
-            _new_cause(),
+            _new_cause(self.source),
             lambda ledger, cause: requests.confirm_sales(ledger, confirmations, cause),
             order_ids=[c.reservation_id for c in confirmations],
         )
@@ -74,7 +85,7 @@ class StockCommands:
     async def release(self, releases: Sequence[requests.ReleaseRequest]) -> list[Order]:
         return await self._run(
             "release",
-            _new_cause(),
+            _new_cause(self.source),
             lambda ledger, cause: requests.release(ledger, releases, cause),
             order_ids=[r.reservation_id for r in releases],
         )
@@ -89,7 +100,7 @@ class StockCommands:
         expected = [(r.variant_id, r.quantity) for r in restocks]
         return await self._run(
             "restock",
-            _new_cause(idempotency_key, "restock"),
+            _new_cause(self.source, idempotency_key, "restock"),
             lambda ledger, cause: requests.restock(ledger, restocks, cause),
             variant_ids=[r.variant_id for r in restocks],
             new_variants={
@@ -109,7 +120,7 @@ class StockCommands:
         expected = [(c.variant_id, c.counted) for c in counts]
         return await self._run(
             "adjust",
-            _new_cause(idempotency_key, "adjust"),
+            _new_cause(self.source, idempotency_key, "adjust"),
             lambda ledger, cause: requests.adjust(ledger, counts, cause),
             variant_ids=[c.variant_id for c in counts],
             replay=_replay_if(lambda c: (c.variant_id, c.on_hand), expected)
@@ -151,10 +162,12 @@ class StockCommands:
         return await self.unit_of_work.run(step, what=what, give_up_after=self.give_up_after)
 
 
-def _new_cause(idempotency_key: str | None = None, operation: str = "request") -> EventRef:
+def _new_cause(
+    source: str, idempotency_key: str | None = None, operation: str = "request"
+) -> EventRef:
     """The request's id in the audit log (and its claim). A caller's key is scoped by
-    operation, so the same key on restock and on adjust are two requests."""
-    return EventRef(REQUEST_SOURCE, f"{operation}:{idempotency_key or uuid.uuid4()}")
+    entrypoint and operation, so the same key on restock and on adjust are two requests."""
+    return EventRef(source, f"{operation}:{idempotency_key or uuid.uuid4()}")
 
 
 def _replay_if(

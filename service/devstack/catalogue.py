@@ -5,6 +5,9 @@ from __future__ import annotations
 from service.application.admin import StockAdmin
 from service.domain.errors import UnknownVariant
 
+#: `source` of the catalogue's audit rows: the sample stock is told apart from real deliveries.
+CATALOGUE_SOURCE = "stock-dev-catalogue"
+
 #: (product_id, variant_id, on_hand)
 SAMPLE_CATALOGUE: tuple[tuple[str, str, int], ...] = (
     ("tshirt-classic", "tshirt-classic-black-s", 40),
@@ -19,7 +22,9 @@ SAMPLE_CATALOGUE: tuple[tuple[str, str, int], ...] = (
 
 
 async def load_sample_catalogue(admin: StockAdmin) -> int:
-    """Restock every sample variant that does not exist yet. Returns how many were added."""
+    """Restock every sample variant that does not exist yet, as `CATALOGUE_SOURCE`.
+    Returns how many were added."""
+    admin = admin.acting_as(CATALOGUE_SOURCE)
     added = 0
     for product_id, variant_id, quantity in SAMPLE_CATALOGUE:
         try:
