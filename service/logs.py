@@ -103,23 +103,34 @@ class _ServiceHandler(logging.StreamHandler[TextIO]):
 class _Adopt(logging.Filter):
     """Sends a library logger's records through the root handler.
 
-    FastStream creates its loggers with a coloured handler of their own and
-    `propagate=False`, the broker's logger only when the broker starts. This filter,
-    which runs before a logger calls its handlers, drops such handlers and turns
-    propagation back on, whenever they were added.
+    FastStream gives its loggers a coloured handler of their own and
+    `propagate=False`: "faststream" when it is imported (after this module may have
+    configured logging), "faststream.access.kafka" when a broker starts. This filter,
+    which runs before a logger calls its handlers, drops such handlers from the logger
+    and from its adopted ancestors (a record propagates through them without their
+    filters) and turns propagation back on, whenever they were added.
     """
 
     def __init__(self, logger: logging.Logger) -> None:
         super().__init__()
-        self._logger = logger
+        self._chain: list[logging.Logger] = []
+        current: logging.Logger | None = logger
+        while current is not None:
+            if current.name in ADOPTED_LOGGERS or current is logger:
+                self._chain.append(current)
+            current = current.parent
 
     def filter(self, record: logging.LogRecord) -> bool:
-        logger = self._logger
-        if logger.handlers or not logger.propagate:
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-            logger.propagate = True
+        for logger in self._chain:
+            if logger.handlers or not logger.propagate:
+                _detach(logger)
         return True
+
+
+def _detach(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
 
 
 def make_formatter(log_format: LogFormat) -> logging.Formatter:
@@ -144,8 +155,6 @@ def configure_logging(settings: Settings) -> logging.Handler:
 
 def adopt(logger: logging.Logger) -> None:
     """Route a library logger through the root handler, now and after it reconfigures."""
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    logger.propagate = True
+    _detach(logger)
     if not any(isinstance(f, _Adopt) for f in logger.filters):
         logger.addFilter(_Adopt(logger))

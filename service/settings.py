@@ -186,7 +186,9 @@ class Settings(BaseSettings):
 
     @property
     def http_cors_origin_list(self) -> list[str]:
-        return [o.strip() for o in self.http_cors_origins.split(",") if o.strip()]
+        # A browser's Origin never ends in a slash: `https://shop.example.com/` would
+        # match nothing.
+        return [o.strip().rstrip("/") for o in self.http_cors_origins.split(",") if o.strip()]
 
     @property
     def consumed_topics(self) -> dict[str, str]:

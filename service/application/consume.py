@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from stock_schemas.envelope import EventType
-from stock_schemas.events import OrderCheckout
+from stock_schemas.events import OrderCheckout, ReservationStatus
 
 from service import failpoints, metrics
 from service.adapters import stock_store
 from service.application.unit_of_work import StockTransaction, UnitOfWork
 from service.domain.ledger import StockLedger
-from service.domain.model import EventRef
+from service.domain.model import EventRef, ReservationOutcome
 from service.inbound import InboundEvent, KafkaRecord, Poison, decode_record
 from service.settings import Settings
 
@@ -115,9 +115,11 @@ class BatchConsumer:
             else:
                 events.setdefault(item.ref, item)  # first occurrence in the batch wins
         committed: list[StockTransaction] = []
+        rejected: list[ReservationOutcome] = []
 
         async def step(tx: StockTransaction) -> tuple[list[InboundEvent], list[Poison]]:
             committed[:] = [tx]
+            rejected.clear()
             fresh_refs = await tx.claim(list(events))
             fresh = [event for ref, event in events.items() if ref in fresh_refs]
             new_dead = await stock_store.claim_dead_letters(tx.conn, list(poisons.values()))
@@ -134,6 +136,9 @@ class BatchConsumer:
                 )
                 for event in fresh:
                     self._apply_event(ledger, event, tx.now)
+                rejected.extend(
+                    o for o in ledger.outcomes if o.status is ReservationStatus.REJECTED
+                )
             tx.publish([self.writer.dead_letter(poison) for poison in dead])
             return fresh, dead
 
@@ -154,8 +159,25 @@ class BatchConsumer:
                 outcome = DUPLICATE
             key = (item.record.topic, outcome)
             outcomes[key] = outcomes.get(key, 0) + 1
+        # Once each, after the commit: a rolled-back attempt logs nothing.
         for poison in dead:
-            log.warning("dead-lettered %s: %s", _where(poison), poison.reason)
+            log.info(
+                "dead-lettered %s: %s",
+                _where(poison),
+                poison.reason,
+                extra={"position": _where(poison), "reason": poison.reason},
+            )
+        for rejection in rejected:
+            log.info(
+                "order %s REJECTED: %s%s",
+                rejection.order_id,
+                rejection.reason,
+                "".join(
+                    f"; {s.variant_id} {s.requested} requested, {s.available} available"
+                    for s in rejection.shortages
+                ),
+                extra={"order_id": rejection.order_id, "reason": rejection.reason},
+            )
         if len(dead) < len(poisons):
             log.info("%d bad records were dead-lettered before", len(poisons) - len(dead))
         return BatchReport(

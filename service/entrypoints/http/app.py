@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from service.entrypoints.asyncapi import package_version
 from service.entrypoints.http import inventory, operations, stream
 from service.entrypoints.http.errors import install_error_handlers
-from service.entrypoints.http.middleware import BodySizeLimit, ObserveAndContain
+from service.entrypoints.http.middleware import BodySizeLimit, Contain, Cors, Observe
 from service.entrypoints.http.services import ApiServices
 
 DESCRIPTION = """
@@ -39,7 +39,14 @@ def create_app(services: ApiServices) -> FastAPI:
         for route in router.routes:
             templates[getattr(route, "endpoint", None)] = prefix + getattr(route, "path", "")
 
-    app.add_middleware(ObserveAndContain, route_templates=templates)
-    # Added last, so it runs first: before routing, parsing or any other middleware.
-    app.add_middleware(BodySizeLimit, max_bytes=services.settings.http_max_body_bytes)
+    # Added innermost first; middleware.py's docstring says why they are in this order.
+    settings = services.settings
+    app.add_middleware(Contain)
+    # Before routing or parsing.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.http_max_body_bytes)
+    if settings.http_cors_origin_list:
+        app.add_middleware(Cors, origins=settings.http_cors_origin_list)
+    app.add_middleware(
+        Observe, route_templates=templates, access_log=settings.http_access_log
+    )
     return app

@@ -99,6 +99,20 @@ class TooManyStreams(Exception):
 
 
 DOCUMENTED_ERRORS = _documented_errors()
+#: The writes' answers: those, and 415 for a body not sent as JSON.
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = dict(
+    sorted(
+        {
+            **DOCUMENTED_ERRORS,
+            415: {
+                "model": ErrorBody,
+                "description": "`unsupported_media_type`: the body is not sent as "
+                "`Content-Type: application/json`.",
+            },
+        }.items(),
+        key=lambda item: str(item[0]),
+    )
+)
 
 
 def error_response(
@@ -195,7 +209,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def unexpected_error_response(request: Request, error: Exception) -> JSONResponse:
     """An exception no handler claimed: 503 if the database is away, else 500.
 
-    Called by the app's outermost middleware, so the exception ends here, answered
+    Called by the app's `Contain` middleware, so the exception ends here, answered
     and logged once, instead of reaching the server as an ASGI error.
     """
     if isinstance(error, TransientDatabaseError) or is_transient(error):

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from stock_schemas.events import MAX_QUANTITY
 
 from service.application.queries import StockLevel
@@ -25,7 +25,7 @@ from service.domain.requests import (
 )
 from service.entrypoints.http import models
 from service.entrypoints.http.auth import require_read_token, require_write_token
-from service.entrypoints.http.errors import DOCUMENTED_ERRORS
+from service.entrypoints.http.errors import DOCUMENTED_ERRORS, WRITE_ERRORS
 from service.entrypoints.http.services import ApiServices, services
 
 VariantId = Annotated[
@@ -55,8 +55,29 @@ Services = Annotated[ApiServices, Depends(services)]
 #: FastAPI lists the bearer scheme; this adds the empty requirement that makes it optional.
 OPTIONAL_BEARER: dict[str, Any] = {"security": [{}]}
 
+
+async def require_json_body(request: Request) -> None:
+    """A write's body must be sent as JSON: one sent as `text/plain`, or without a
+    Content-Type, is 415 `unsupported_media_type`, not a 422 about a body that was
+    never parsed. (The body is already read and cached: no second read.)"""
+    if not await request.body():
+        return  # nothing sent: the validation names what is missing
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return
+    sent = f"not {media_type[:100]}" if media_type else "none was sent"
+    raise HTTPException(
+        415, f"the body must be sent as `Content-Type: application/json` ({sent})"
+    )
+
+
 reads = APIRouter(dependencies=[Depends(require_read_token)], responses=DOCUMENTED_ERRORS)
-writes = APIRouter(dependencies=[Depends(require_write_token)], responses=DOCUMENTED_ERRORS)
+writes = APIRouter(
+    dependencies=[Depends(require_write_token), Depends(require_json_body)],
+    responses=WRITE_ERRORS,
+)
 
 
 @reads.get("/check/{variantId}", response_model=models.Availability, openapi_extra=OPTIONAL_BEARER)
@@ -109,7 +130,7 @@ async def confirm_sale(svc: Services, body: models.ConfirmSaleBody) -> models.Re
     orders = await svc.commands.confirm_sales(
         [SaleConfirmation(r, lines, notes[r]) for r, lines in expected.items()]
     )
-    return _reservations(orders)
+    return _reservations(orders, notes)
 
 
 @writes.post("/release", response_model=models.Reservations)
@@ -121,7 +142,7 @@ async def release(svc: Services, body: models.ReleaseBody) -> models.Reservation
     orders = await svc.commands.release(
         [ReleaseRequest(reservation_id, note) for reservation_id, note in notes.items()]
     )
-    return _reservations(orders)
+    return _reservations(orders, notes)
 
 
 @writes.post("/restock", response_model=models.Changes)
@@ -224,7 +245,11 @@ async def audit_log(
     )
 
 
-def _reservations(orders: Iterable[Order]) -> models.Reservations:
+def _reservations(
+    orders: Iterable[Order], notes: dict[str, str | None] | None = None
+) -> models.Reservations:
+    """`notes`: the reason each reservation was sent with, echoed as its `note`."""
+    notes = notes or {}
     return models.Reservations(
         reservations=[
             models.Reservation(
@@ -233,6 +258,7 @@ def _reservations(orders: Iterable[Order]) -> models.Reservations:
                 expires_at=order.expires_at,
                 lines=[models.Line(variant_id=v, quantity=q) for v, q in order.lines.items()],
                 reason=order.reason,
+                note=notes.get(order.order_id),
             )
             for order in orders
         ]

@@ -127,7 +127,11 @@ class Reservation(_Answer):
     status: str
     expires_at: datetime | None
     lines: list[Line]
+    #: Why it is in this status, machine-readable (`released`, `insufficient_stock`, ...).
     reason: str | None = None
+    #: The `reason` this request sent for it (confirm-sale, release), as recorded on its
+    #: audit rows; null when none was sent.
+    note: str | None = None
 
 
 class Reservations(_Answer):

@@ -31,13 +31,14 @@ _CHECK_SECONDS = 2.0
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
-    """The process is alive and its event loop answers."""
+    """The process is alive and its event loop answers. (`HEAD` too.)"""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses={503: {"description": "Some check failed."}})
 async def readyz(svc: Services) -> JSONResponse:
-    """Database reachable and migrated, broker reachable, consumer assigned partitions."""
+    """Database reachable and migrated, broker reachable, consumer assigned partitions.
+    (`HEAD` too.)"""
     checks = dict(
         zip(
             ("database", "schema", "broker"),
@@ -62,6 +63,12 @@ async def readyz(svc: Services) -> JSONResponse:
     return error_response(
         503, "not_ready", f"not ready: {', '.join(failed)}", {"checks": checks}
     )
+
+
+# HEAD answers like GET (the same checks, status and headers); the server sends no body.
+# Out of the OpenAPI document, where a second operation would repeat the GET's id.
+for _path, _endpoint in (("/healthz", healthz), ("/readyz", readyz)):
+    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)
 
 
 async def _check(probe: Any) -> dict[str, Any]:

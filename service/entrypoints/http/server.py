@@ -27,6 +27,9 @@ class ApiServer:
             app,
             host=host,
             port=port,
+            # No logging set-up of uvicorn's own: its lines go through service.logs's
+            # handler (no colours, STOCK_LOG_FORMAT). Its access log stays off: the
+            # app writes `stock.access` lines itself, with route templates.
             log_config=None,
             access_log=False,
             lifespan="off",
