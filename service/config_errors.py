@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import os
 import re
 import socket
 import types
@@ -64,7 +65,7 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        raise ConfigurationError(describe_validation_error(error)) from None
+        raise ConfigurationError(describe_validation_error(error, os.environ)) from None
     except SettingsError as error:
         raise ConfigurationError([describe_settings_error(error)]) from None
 
@@ -74,8 +75,12 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field}".upper()
 
 
-def describe_validation_error(error: ValidationError) -> list[str]:
-    """One line per invalid setting."""
+def describe_validation_error(
+    error: ValidationError, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per invalid setting; the value shown is the one in `environ` (as the
+    user wrote it) where it came from there."""
+    given = {name.upper(): value for name, value in (environ or {}).items()}
     lines = []
     for problem in error.errors(include_url=False):
         cause = (problem.get("ctx") or {}).get("error")
@@ -84,7 +89,8 @@ def describe_validation_error(error: ValidationError) -> list[str]:
             lines.append(message)
             continue
         field = str(problem["loc"][0])
-        shown = f"{env_name(field)}={_shown(field, problem.get('input'))}"
+        value = given.get(env_name(field), problem.get("input"))
+        shown = f"{env_name(field)}={_shown(field, value)}"
         if isinstance(cause, Exception):  # a validator of ours: it says what is accepted
             lines.append(f"{shown}: {message}")
             continue

@@ -28,8 +28,8 @@ async def publish_event(
         enable_idempotence=settings.kafka_enable_idempotence,
         **kafka_client_options(settings),
     )
-    await producer.start()
     try:
+        await producer.start()
         key = str(data.get("order_id", "")).encode() or None
         await producer.send_and_wait(topic, json.dumps(event).encode(), key=key)
     finally:
@@ -37,19 +37,40 @@ async def publish_event(
     return event
 
 
+class UnknownTopics(ValueError):
+    """Topics asked for that the broker does not have."""
+
+    def __init__(self, missing: list[str], bootstrap_servers: str) -> None:
+        names = ", ".join(missing)
+        super().__init__(
+            f"no topic {names} on the broker at {bootstrap_servers}"
+            if len(missing) == 1
+            else f"no topics {names} on the broker at {bootstrap_servers}"
+        )
+        self.missing = missing
+
+
 async def tail_topics(settings: Settings, topics: list[str], *, seconds: float | None) -> None:
-    """Print every message of the topics from the beginning, one JSON line each."""
+    """Print every message of the topics from the beginning, one JSON line each.
+
+    The topics must exist (`UnknownTopics` otherwise): subscribing to a missing one
+    would have a broker that auto-creates topics create it, with its own defaults,
+    before the worker could create it as configured."""
     consumer = AIOKafkaConsumer(
-        *topics,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
         auto_offset_reset="earliest",
         **kafka_client_options(settings),
     )
-    await consumer.start()
-    loop = asyncio.get_running_loop()
-    deadline = None if seconds is None else loop.time() + seconds
     try:
+        await consumer.start()
+        existing = await consumer.topics()  # a metadata request for all: creates nothing
+        missing = [topic for topic in topics if topic not in existing]
+        if missing:
+            raise UnknownTopics(missing, settings.kafka_bootstrap_servers)
+        consumer.subscribe(topics)
+        loop = asyncio.get_running_loop()
+        deadline = None if seconds is None else loop.time() + seconds
         while deadline is None or loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():

@@ -15,6 +15,13 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
+from service.config_errors import (
+    ConfigurationError,
+    describe_database_error,
+    hide_password,
+    load_settings,
+    unknown_variables,
+)
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -25,13 +32,23 @@ log = logging.getLogger("stock")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        for line in error.lines:
+            print(f"stock: {line}", file=sys.stderr)
+        return 2
     configure_logging(settings)
+    for warning in unknown_variables(os.environ):
+        log.warning(warning)
     try:
         result: int = args.handler(args, settings)
         return result
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `stock tail | head`: the reader has gone, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     docs = commands.add_parser("docs", help="write the API documents")
     docs.add_argument("kind", choices=["asyncapi", "openapi"])
-    docs.add_argument("--yaml", action="store_true", help="YAML instead of JSON (asyncapi)")
+    docs.add_argument("--yaml", action="store_true", help="YAML instead of JSON")
     docs.add_argument("--output", "-o", type=Path, help="file to write (default: stdout)")
     docs.set_defaults(handler=_docs)
 
@@ -81,31 +98,38 @@ def _parser() -> argparse.ArgumentParser:
     dev.set_defaults(handler=_dev)
 
     restock = commands.add_parser("restock", help="add received units (creates the variant)")
-    restock.add_argument("variant")
+    restock.add_argument("variant", type=_identifier, help=ID_HELP)
     restock.add_argument("quantity", type=int)
     restock.add_argument(
-        "--product", help="product id (for a new variant; default: the variant id)"
+        "--product",
+        type=_identifier,
+        help="product id (for a new variant; default: the variant id)",
     )
-    restock.add_argument("--reason", default=None)
+    restock.add_argument("--reason", type=_reason, default=None, help=REASON_HELP)
     restock.set_defaults(handler=_restock)
 
     adjust = commands.add_parser("adjust", help="set on_hand to a counted quantity")
-    adjust.add_argument("variant")
+    adjust.add_argument("variant", type=_identifier, help=ID_HELP)
     adjust.add_argument("quantity", type=int)
-    adjust.add_argument("--reason", required=True)
+    adjust.add_argument("--reason", type=_reason, required=True, help=REASON_HELP)
     adjust.set_defaults(handler=_adjust)
 
     show = commands.add_parser("show", help="stock level and recent audit trail of a variant")
-    show.add_argument("variant")
+    show.add_argument("variant", type=_identifier, help=ID_HELP)
     show.add_argument("--json", action="store_true")
-    show.add_argument("--limit", type=int, default=10, help="audit rows to show")
+    show.add_argument(
+        "--limit",
+        type=_limit,
+        default=10,
+        help=f"audit rows to show, 1 to {MAX_AUDIT_ROWS} (default 10)",
+    )
     show.set_defaults(handler=_show)
 
     publish = commands.add_parser(
         "publish", help="publish a consumed event by hand (its CloudEvent envelope is added)"
     )
     publish.add_argument("type", help="order.checkout, payment.succeeded, payment.failed, ...")
-    publish.add_argument("data", help="the event's `data` as JSON")
+    publish.add_argument("data", help="the event's `data`: a JSON object")
     publish.add_argument("--source", default="stock-cli")
     publish.add_argument("--id", dest="event_id", help="event id (default: a new UUID)")
     publish.set_defaults(handler=_publish)
@@ -117,10 +141,87 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ------------------------------------------------------------ argument rules
+
+ID_HELP = "1 to 200 characters, no white space at either end, no control characters"
+REASON_HELP = "why (kept in the audit log): not blank, at most 500 characters"
+#: The most audit rows `show` prints: the HTTP API's page size limit.
+MAX_AUDIT_ROWS = 1000
+
+
+def _identifier(text: str) -> str:
+    """The id rule of every entrypoint (`stock_schemas.events.Identifier`)."""
+    from pydantic import TypeAdapter, ValidationError
+    from stock_schemas.events import Identifier
+
+    try:
+        return TypeAdapter(Identifier).validate_python(text)
+    except ValidationError as error:
+        raise argparse.ArgumentTypeError(f"{_quoted(text)}: {_pydantic_message(error)}") from None
+
+
+def _reason(text: str) -> str:
+    """A reason as the HTTP API takes it (its `adjust` line's rule), and not blank."""
+    from pydantic import ValidationError
+
+    from service.entrypoints.http.models import CountLine
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a reason must say something; this one is blank")
+    try:
+        CountLine(variant_id="any", quantity=0, reason=text)
+    except ValidationError as error:
+        raise argparse.ArgumentTypeError(f"{_quoted(text)}: {_pydantic_message(error)}") from None
+    return text
+
+
+def _limit(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_AUDIT_ROWS:
+        raise argparse.ArgumentTypeError(
+            f"{_quoted(text)}: expected a whole number from 1 to {MAX_AUDIT_ROWS}"
+        )
+    return limit
+
+
+def _quoted(text: str) -> str:
+    """`text` as an error message shows it: quoted, escaped, long ones cut."""
+    return repr(text) if len(text) <= 40 else f"{text[:30]!r}... ({len(text)} characters)"
+
+
+def _pydantic_message(error: Any) -> str:
+    message = str(error.errors()[0]["msg"])
+    return message[:1].lower() + message[1:]
+
+
+# ------------------------------------------------------------------ commands
+
+
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 2 when the database cannot be used (unreachable, missing, the login
+    refused: fix STOCK_DATABASE_URL or the server), 1 when a migration itself fails."""
     from service.adapters.migrate import upgrade_to_head
 
-    upgrade_to_head(settings.database_url)
+    try:
+        upgrade_to_head(settings.database_url)
+    except Exception as error:
+        problem = describe_database_error(error, settings.database_url)
+        if problem is not None:
+            _say("stock migrate", problem)
+            return 2
+        log.debug("migration failed", exc_info=True)
+        _say(
+            "stock migrate",
+            [
+                f"a migration of {hide_password(settings.database_url)} failed: "
+                f"{type(error).__name__}: {_first_line(error)}",
+                "hint: STOCK_LOG_LEVEL=DEBUG shows the traceback",
+            ],
+        )
+        return 1
     print("database schema is at head")
     return 0
 
@@ -150,6 +251,12 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _docs(args: argparse.Namespace, settings: Settings) -> int:
+    if args.yaml:
+        try:
+            import yaml  # type: ignore[import-untyped]  # noqa: F401
+        except ImportError:
+            _say("stock docs", ["--yaml needs PyYAML, a dependency: pip install pyyaml"])
+            return 2
     if args.kind == "asyncapi":
         from service.entrypoints.asyncapi import asyncapi_specification
 
@@ -160,13 +267,31 @@ def _docs(args: argparse.Namespace, settings: Settings) -> int:
         from service.entrypoints.http.services import ApiServices
 
         app = create_app(ApiServices.build(settings, engine=None))  # type: ignore[arg-type]
-        text = json.dumps(app.openapi(), indent=2)
+        document = app.openapi()
+        text = _yaml(document) if args.yaml else json.dumps(document, indent=2)
     if args.output:
         args.output.write_text(text + "\n")
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         print(text)
     return 0
+
+
+def _yaml(document: Any) -> str:
+    """`document` as YAML, in its order, with multi-line text as literal blocks."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):  # type: ignore[misc]
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        return dumper.represent_scalar(
+            "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+        )
+
+    Dumper.add_representer(str, text)
+    dumped: str = yaml.dump(document, Dumper=Dumper, sort_keys=False, allow_unicode=True)
+    return dumped.rstrip("\n")
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
@@ -263,24 +388,21 @@ def _restock(args: argparse.Namespace, settings: Settings) -> int:
             reference="cli",
         )
 
-    return _print_change(go, settings)
+    return _print_change(go, settings, "stock restock")
 
 
 def _adjust(args: argparse.Namespace, settings: Settings) -> int:
     async def go(admin: Any) -> Any:
         return await admin.adjust(args.variant, args.quantity, reason=args.reason, reference="cli")
 
-    return _print_change(go, settings)
+    return _print_change(go, settings, "stock adjust")
 
 
-def _print_change(go: Callable[[Any], Awaitable[Any]], settings: Settings) -> int:
-    from service.domain.errors import DomainError
-
+def _print_change(go: Callable[[Any], Awaitable[Any]], settings: Settings, command: str) -> int:
     try:
-        change = asyncio.run(_with_admin(settings, go))
-    except DomainError as error:
-        print(f"error ({error.code}): {error}", file=sys.stderr)
-        return 2
+        change = _admin_run(settings, go, command)
+    except _Refused as refused:
+        return refused.status
     print(
         f"{change.variant_id}: {change.change_type.value} {change.delta_on_hand:+d} -> "
         f"on_hand={change.on_hand} reserved={change.reserved} "
@@ -290,17 +412,14 @@ def _print_change(go: Callable[[Any], Awaitable[Any]], settings: Settings) -> in
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
-    from service.domain.errors import DomainError
-
     async def go(admin: Any) -> tuple[Any, list[dict[str, Any]]]:
         level = await admin.stock_level(args.variant)
         return level, await admin.audit_trail(args.variant, args.limit)
 
     try:
-        level, trail = asyncio.run(_with_admin(settings, go))
-    except DomainError as error:
-        print(f"error ({error.code}): {error}", file=sys.stderr)
-        return 2
+        level, trail = _admin_run(settings, go, "stock show")
+    except _Refused as refused:
+        return refused.status
     if args.json:
         print(json.dumps({**dataclasses.asdict(level), "audit": trail}, default=str, indent=2))
         return 0
@@ -320,27 +439,100 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    from aiokafka.errors import KafkaError
+
     from service.devstack.console import publish_event
 
     try:
         data = json.loads(args.data)
+    except ValueError as error:
+        _say("stock publish", [f"data is not JSON ({error})", PUBLISH_EXAMPLE])
+        return 2
+    if not isinstance(data, dict):
+        _say(
+            "stock publish",
+            [f"data must be a JSON object, not {_json_kind(data)}", PUBLISH_EXAMPLE],
+        )
+        return 2
+    try:
         event = asyncio.run(
             publish_event(settings, args.type, data, source=args.source, event_id=args.event_id)
         )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _say("stock publish", [str(error)])
+        return 2
+    except KafkaError as error:
+        _say("stock publish", _broker_problem(error, settings))
         return 2
     print(json.dumps(event))
     return 0
 
 
-def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    from service.devstack.console import tail_topics
+PUBLISH_EXAMPLE = (
+    """example: stock publish order.checkout '{"order_id": "o1", """
+    """"lines": [{"variant_id": "v1", "quantity": 2}]}'"""
+)
 
-    asyncio.run(
-        tail_topics(settings, args.topics or settings.published_topics, seconds=args.seconds)
-    )
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 2 when a topic does not exist (the broker is not asked to create it)."""
+    from aiokafka.errors import KafkaError
+
+    from service.devstack.console import UnknownTopics, tail_topics
+
+    topics = args.topics or settings.published_topics
+    try:
+        asyncio.run(tail_topics(settings, topics, seconds=args.seconds))
+    except UnknownTopics as error:
+        hint = (
+            "hint: `stock run` creates the worker's topics when it starts"
+            if set(error.missing) & {*settings.published_topics, *settings.consumed_topics}
+            else "hint: check the name; nothing has been created"
+        )
+        _say("stock tail", [str(error), hint])
+        return 2
+    except KafkaError as error:
+        _say("stock tail", _broker_problem(error, settings))
+        return 2
     return 0
+
+
+def _broker_problem(error: Exception, settings: Settings) -> list[str]:
+    return [
+        f"cannot reach the broker at {settings.kafka_bootstrap_servers} ({_first_line(error)})",
+        "hint: is it running? STOCK_KAFKA_BOOTSTRAP_SERVERS names it (and "
+        "STOCK_KAFKA_SECURITY_PROTOCOL how to connect)",
+    ]
+
+
+class _Refused(Exception):
+    """The command was refused and the user told why: exit with `status`."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def _admin_run(settings: Settings, go: Callable[[Any], Awaitable[T]], command: str) -> T:
+    """`go` with a `StockAdmin`; a refusal or a database that cannot be used is said in
+    a line or two and raised as `_Refused(2)`."""
+    from service.domain.errors import DomainError
+
+    try:
+        return asyncio.run(_with_admin(settings, go))
+    except DomainError as error:
+        print(f"error ({error.code}): {error}", file=sys.stderr)
+        raise _Refused(2) from None
+    except Exception as error:
+        problem = describe_database_error(error, settings.database_url)
+        if problem is None:
+            raise
+        _say(command, problem)
+        raise _Refused(2) from None
 
 
 async def _with_admin(settings: Settings, go: Callable[[Any], Awaitable[T]]) -> T:
@@ -352,6 +544,19 @@ async def _with_admin(settings: Settings, go: Callable[[Any], Awaitable[T]]) -> 
         return await go(StockAdmin(engine, settings))
     finally:
         await engine.dispose()
+
+
+def _say(command: str, lines: list[str]) -> None:
+    """An error for the user: the first line after the command's name, the rest indented."""
+    first, *rest = lines
+    print(f"{command}: {first}", file=sys.stderr)
+    for line in rest:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 if __name__ == "__main__":
