@@ -101,9 +101,9 @@ POISONS: list[PoisonCase] = [
     PoisonCase("order_id_201_chars", _json(checkout("x" * 201, {"v1": 1})), "at most 200"),
     PoisonCase("order_id_empty", _json(checkout("", {"v1": 1})), "order_id: String"),
     PoisonCase("order_id_with_nul", _json(checkout("a\x00b", {"v1": 1})),
-               "order_id: String should match"),
+               "order_id: an id must not"),
     PoisonCase("variant_id_with_nul", _json(checkout("bad", {"v\x001": 1})),
-               "variant_id: String should match"),
+               "variant_id: an id must not"),
     PoisonCase(
         "expires_at_without_timezone",
         _json(_with_data({"order_id": "bad", "lines": [{"variant_id": "v1", "quantity": 1}],

@@ -218,7 +218,7 @@ async def test_reserve_of_unknown_variants_is_404_naming_them_all(http, stocked)
             },
             "timezone",
         ),
-        ({"variantId": "x\u0000y", "quantity": 1, "reservationId": "o1"}, "pattern"),
+        ({"variantId": "x\u0000y", "quantity": 1, "reservationId": "o1"}, "control characters"),
     ],
 )
 async def test_invalid_reservations_are_422_and_change_nothing(
