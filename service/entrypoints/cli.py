@@ -86,14 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(".stock-dev"),
-        help="where the embedded PostgreSQL keeps its data (default .stock-dev)",
+        default=Path(os.environ.get("STOCK_DEV_DATA_DIR") or ".stock-dev"),
+        help="where the embedded PostgreSQL and the API token (DATA_DIR/token) are kept "
+        "(default: STOCK_DEV_DATA_DIR, else .stock-dev)",
+    )
+    dev.add_argument(
+        "--http-port",
+        type=int,
+        help="HTTP API port (default: STOCK_HTTP_PORT, else 8000; 0: any free port)",
     )
     dev.add_argument(
         "--kafka-port",
         type=int,
-        default=int(os.environ.get("STOCK_DEV_KAFKA_PORT", "9092")),
-        help="broker port (default 9092, or a free one if taken)",
+        help="broker port (default: STOCK_DEV_KAFKA_PORT, else 9092, or a free one if 9092 "
+        "is taken; 0: any free port)",
     )
     dev.set_defaults(handler=_dev)
 
@@ -296,65 +302,72 @@ def _yaml(document: Any) -> str:
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from service.adapters.migrate import upgrade_to_head
+    from service.devstack import stack
     from service.devstack.servers import (
         DevStackMissing,
         EmbeddedPostgres,
         TansuBroker,
-        port_is_free,
         require_dev_stack,
     )
-    from service.entrypoints.process import StockProcess
 
     try:
         require_dev_stack()
     except DevStackMissing as error:
         print(f"stock dev: {error}", file=sys.stderr)
         return 2
-    postgres = EmbeddedPostgres(args.data_dir.resolve() / "pg")
-    broker = TansuBroker(args.kafka_port if port_is_free(args.kafka_port) else None)
-    database_url = postgres.start()
+    data_dir = args.data_dir.resolve()
+    broker_host = "127.0.0.1"
+    lock = stack.DataDirLock(data_dir)
     try:
-        bootstrap = broker.start()
-        token = settings.api_token_list[0] if settings.api_token_list else _dev_token(args.data_dir)
-        settings = settings.model_copy(
-            update={
-                "database_url": database_url,
-                "kafka_bootstrap_servers": bootstrap,
-                "kafka_enable_idempotence": False,
-                "api_tokens": SecretStr(",".join(settings.api_token_list or [token])),
-            }
+        # Before anything starts or prints: a busy port, or another `stock dev` here.
+        ports = stack.claim_ports(
+            settings, http_port=args.http_port, kafka_port=args.kafka_port, kafka_host=broker_host
         )
-        api = f"http://{settings.http_host}:{settings.http_port}"
-        upgrade_to_head(database_url)
-        added = asyncio.run(_load_catalogue(settings))
-        print(
-            "\n".join(
-                [
-                    "",
-                    "stock dev: everything is up",
-                    f"  PostgreSQL  STOCK_DATABASE_URL='{database_url}'",
-                    f"  Kafka       STOCK_KAFKA_BOOTSTRAP_SERVERS={bootstrap}  (tansu, in memory)",
-                    f"  catalogue   {added} sample variants added this time",
-                    f"  consumes    {', '.join(settings.consumed_topics)}",
-                    f"  publishes   {', '.join(settings.published_topics)}",
-                    f"  HTTP API    {api}  (docs {api}/docs, AsyncAPI {api}/asyncapi)",
-                    f"  API token   {token}",
-                    "  From another shell:",
-                    f"    export STOCK_DATABASE_URL='{database_url}'",
-                    f"    export STOCK_TOKEN={token}",
-                    "    .venv/bin/stock show tshirt-classic-black-m",
-                    f"    curl -s {api}/api/inventory/check/tshirt-classic-black-m?quantity=2",
-                    "  Ctrl-C stops the worker, the broker and the database.",
-                    "",
-                ]
-            ),
-            flush=True,
-        )
-        asyncio.run(StockProcess(settings).run_until_signalled())
+        stack.check_data_dir(data_dir)
+        lock.acquire()
+    except stack.DevStackRefused as error:
+        print(f"stock dev: {error}", file=sys.stderr)
+        return 2
+    try:
+        with stack.sigterm_interrupts():
+            postgres = EmbeddedPostgres(data_dir / "pg")
+            broker = TansuBroker(ports.kafka, host=broker_host)
+            try:
+                database_url = postgres.start()
+                bootstrap = broker.start()
+                given = settings.api_token_list
+                token = given[0] if given else _dev_token(data_dir)
+                settings = settings.model_copy(
+                    update={
+                        "database_url": database_url,
+                        "kafka_bootstrap_servers": bootstrap,
+                        "kafka_enable_idempotence": False,
+                        "http_port": ports.http,
+                        "api_tokens": SecretStr(",".join(given or [token])),
+                    }
+                )
+                upgrade_to_head(database_url)
+                added = asyncio.run(_load_catalogue(settings))
+                banner = stack.banner(
+                    settings,
+                    added=added,
+                    token_file=None if given else data_dir / "token",
+                    kafka_note=ports.kafka_note,
+                    stock_command=_stock_command(),
+                )
+                asyncio.run(stack.serve(settings, banner))
+            finally:
+                broker.stop()
+                postgres.stop()
     finally:
-        broker.stop()
-        postgres.stop()
+        lock.release()
     return 0
+
+
+def _stock_command() -> str:
+    """How the user ran `stock`, for the commands the dev banner suggests."""
+    name = Path(sys.argv[0])
+    return str(name) if name.name == "stock" else "stock"
 
 
 def _dev_token(data_dir: Path) -> str:
