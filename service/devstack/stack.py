@@ -101,6 +101,9 @@ def claim_ports(
     --kafka-port, else STOCK_DEV_KAFKA_PORT, else 9092 or a free port when 9092 is
     taken. A port asked for that is taken is refused; 0 means any free port.
     """
+    for flag, value in (("--http-port", http_port), ("--kafka-port", kafka_port)):
+        if value is not None and not 0 <= value <= 65535:
+            raise DevStackRefused(f"{flag} {value} is not a port number (0 to 65535)")
     http_host = settings.http_host
     http = settings.http_port if http_port is None else http_port
     if http == 0:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.devstack import stack
 from service.devstack.servers import free_port
 from service.devstack.stack import DataDirLock, Unapplied
 from service.entrypoints.cli import main
@@ -77,6 +78,23 @@ def test_a_kafka_port_that_is_not_a_number(
     monkeypatch.setenv("STOCK_DEV_KAFKA_PORT", "abc")
     line = _refused(capsys, "--data-dir", str(tmp_path / "d"), "--http-port", "0")
     assert "STOCK_DEV_KAFKA_PORT='abc' is not a port number" in line
+
+
+def test_a_port_flag_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _refused(capsys, "--data-dir", str(tmp_path / "d"), "--http-port", "70000")
+    assert "--http-port 70000 is not a port number" in line
+
+
+def test_the_default_broker_port_when_taken_is_replaced_and_said(
+    listening: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stack, "DEFAULT_KAFKA_PORT", listening)
+    ports = stack.claim_ports(
+        Settings(http_port=0), http_port=None, kafka_port=None, kafka_host="127.0.0.1"
+    )
+    assert ports.kafka not in (listening, 0)
+    assert ports.kafka_note == f"{listening} was taken"
+    assert ports.http != 0
 
 
 def test_a_data_dir_with_a_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
