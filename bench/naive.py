@@ -135,8 +135,8 @@ async def _change(
     await conn.execute(
         """
         INSERT INTO audit_log (variant_id, change_type, delta_on_hand, delta_reserved,
-                               on_hand_after, reserved_after, version, reference)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                               on_hand_after, reserved_after, version, reference, actor)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'naive-consumer')
         """,
         variant_id,
         change_type,

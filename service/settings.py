@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -27,6 +29,33 @@ TOPIC_DEFAULTS: dict[str, str] = {
     "topic_stock_reservation": EventType.STOCK_RESERVATION,
     "topic_dlq": "stock.dlq",
 }
+
+
+#: Token scopes, each including the ones before it (CONTRACT.md, "Who did it").
+TOKEN_SCOPES = ("read", "write", "admin")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str
+    secret: str
+    scope: str
+
+    @classmethod
+    def parse(cls, entry: str) -> ApiToken:
+        if entry.count(":") == 2:
+            name, secret, scope = entry.split(":")
+            if scope in TOKEN_SCOPES and name and secret:
+                return cls(name, secret, scope)
+        digest = hashlib.sha256(entry.encode()).hexdigest()[:8]
+        return cls(f"token-{digest}", entry, "write")
+
+    def allows(self, scope: str) -> bool:
+        return TOKEN_SCOPES.index(self.scope) >= TOKEN_SCOPES.index(scope)
+
+
+def _token_entries(raw: str) -> list[str]:
+    return [entry.strip() for entry in raw.split(",") if entry.strip()]
 
 
 class Settings(BaseSettings):
@@ -180,9 +209,30 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_well_formed(cls, value: SecretStr) -> SecretStr:
+        for number, entry in enumerate(_token_entries(value.get_secret_value()), start=1):
+            if entry.count(":") == 2:
+                name, secret, scope = entry.split(":")
+                if scope not in TOKEN_SCOPES or not name or not secret:
+                    raise ValueError(
+                        f"entry {number} is not name:secret:scope with a non-empty name and "
+                        f"secret and a scope of {', '.join(TOKEN_SCOPES)}"
+                    )
+        return value
+
     @property
     def api_token_list(self) -> list[str]:
-        return [t.strip() for t in self.api_tokens.get_secret_value().split(",") if t.strip()]
+        """The secrets alone (named entries and bare ones)."""
+        return [token.secret for token in self.api_token_entries]
+
+    @property
+    def api_token_entries(self) -> list[ApiToken]:
+        """`name:secret:scope` entries, and bare secrets (scope `write`, named after a
+        digest of the secret so the audit log can tell them apart without showing it)."""
+        raw = self.api_tokens.get_secret_value()
+        return [ApiToken.parse(entry) for entry in _token_entries(raw)]
 
     @property
     def http_cors_origin_list(self) -> list[str]:

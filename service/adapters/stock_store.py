@@ -17,7 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.adapters.tables import OUTBOX_CHANNEL
 from service.domain.ledger import StockLedger
-from service.domain.model import EventRef, Order, OrderPhase, PaymentOutcome, Variant
+from service.domain.model import (
+    EventRef,
+    Order,
+    OrderPhase,
+    PaymentOutcome,
+    Variant,
+    actor_of,
+)
 from service.inbound import Poison
 from service.outbound import OutboxMessage
 
@@ -146,13 +153,13 @@ _INSERT_AUDIT = text(
     """
     INSERT INTO audit_log (
         variant_id, change_type, delta_on_hand, delta_reserved, on_hand_after, reserved_after,
-        version, reason, reference, source_event_source, source_event_id
+        version, reason, reference, source_event_source, source_event_id, actor
     )
     SELECT * FROM unnest(
         CAST(:variant_ids AS text[]), CAST(:types AS text[]), CAST(:d_on_hand AS bigint[]),
         CAST(:d_reserved AS bigint[]), CAST(:on_hand AS bigint[]), CAST(:reserved AS bigint[]),
         CAST(:versions AS bigint[]), CAST(:reasons AS text[]), CAST(:references AS text[]),
-        CAST(:sources AS text[]), CAST(:event_ids AS text[])
+        CAST(:sources AS text[]), CAST(:event_ids AS text[]), CAST(:actors AS text[])
     )
     """
 )
@@ -270,12 +277,18 @@ async def lock_expired_orders(
     return [order_id for (order_id,) in result]
 
 
-async def write_ledger(conn: AsyncConnection, ledger: StockLedger, state: LoadedState) -> None:
-    """Persist what the ledger changed: orders, new lines, variants, audit rows."""
+async def write_ledger(
+    conn: AsyncConnection, ledger: StockLedger, state: LoadedState, actor: str | None = None
+) -> None:
+    """Persist what the ledger changed: orders, new lines, variants, audit rows.
+
+    `actor`: who asked (a token's or a CLI user's name); None: each change's cause
+    speaks for itself (`actor_of`)."""
     await _write_orders(conn, ledger, state)
     await _write_variants(conn, ledger, state)
     if ledger.changes:
         changes = ledger.changes
+        sources = [c.cause.source if c.cause else None for c in changes]
         await conn.execute(
             _INSERT_AUDIT,
             {
@@ -288,8 +301,9 @@ async def write_ledger(conn: AsyncConnection, ledger: StockLedger, state: Loaded
                 "versions": [c.version for c in changes],
                 "reasons": [c.reason for c in changes],
                 "references": [c.reference for c in changes],
-                "sources": [c.cause.source if c.cause else None for c in changes],
+                "sources": sources,
                 "event_ids": [c.cause.id if c.cause else None for c in changes],
+                "actors": [actor or actor_of(source) for source in sources],
             },
         )
 

@@ -1,4 +1,4 @@
-"""The schema, as SQLAlchemy Core tables. Migrations in migrations/ create it."""
+"""The schema, as SQLAlchemy Core tables. Migrations in service/migrations/ create it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     Table,
     Text,
@@ -103,6 +104,9 @@ audit_log = Table(
     Column("source_event_source", Text, nullable=True),
     Column("source_event_id", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    #: Who did it: `api:<token name>`, `cli:<user>`, a Kafka event's `source`, or
+    #: `stock-service` for the service's own jobs (CONTRACT.md, "Who did it").
+    Column("actor", Text, nullable=False),
 )
 Index("audit_log_variant_version", audit_log.c.variant_id, audit_log.c.version, unique=True)
 
@@ -143,6 +147,68 @@ outbox = Table(
     Column("publish_error", Text, nullable=True),
 )
 Index("outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
+
+stock_counts = Table(
+    "stock_counts",
+    metadata,
+    Column("count_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("blind", Boolean, nullable=False, server_default=text("false")),
+    Column("reason", Text, nullable=True),
+    Column("product_id", Text, nullable=True),
+    Column("opened_by", Text, nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("closed_by", Text, nullable=True),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    Column("approved_by", Text, nullable=True),
+    CheckConstraint("status IN ('OPEN', 'APPLIED', 'CANCELLED')", name="count_status_known"),
+)
+Index(
+    "stock_counts_open",
+    stock_counts.c.opened_at,
+    postgresql_where=stock_counts.c.status == "OPEN",
+)
+
+stock_count_lines = Table(
+    "stock_count_lines",
+    metadata,
+    Column("count_id", Text, ForeignKey("stock_counts.count_id"), nullable=False),
+    Column("variant_id", Text, ForeignKey("variants.variant_id"), nullable=False),
+    Column("snapshot_on_hand", BigInteger, nullable=False),
+    Column("snapshot_version", BigInteger, nullable=False),
+    Column("counted", BigInteger, nullable=True),
+    Column("counted_at", DateTime(timezone=True), nullable=True),
+    Column("counted_by", Text, nullable=True),
+    Column("expected", BigInteger, nullable=True),
+    Column("tolerance_percent", Numeric, nullable=True),
+    Column("applied_version", BigInteger, nullable=True),
+    PrimaryKeyConstraint("count_id", "variant_id"),
+    CheckConstraint("counted IS NULL OR counted >= 0", name="counted_not_negative"),
+)
+
+reconciliation_runs = Table(
+    "reconciliation_runs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("actor", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("checked_variants", BigInteger, nullable=False),
+    Column("discrepancies", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+)
+Index("reconciliation_runs_latest", reconciliation_runs.c.finished_at)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("job", Text, primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("outcome", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("runner", Text, nullable=False),
+    CheckConstraint("outcome IN ('running', 'succeeded', 'failed')", name="job_outcome_known"),
+)
 
 #: NOTIFY channel the writer signals on commit and the relay LISTENs to.
 OUTBOX_CHANNEL = "stock_outbox"

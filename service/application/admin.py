@@ -23,11 +23,18 @@ CLI_SOURCE = "stock-cli"
 
 class StockAdmin:
     def __init__(
-        self, engine: AsyncEngine, settings: Settings, *, source: str = CLI_SOURCE
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        source: str = CLI_SOURCE,
+        actor: str | None = None,
     ) -> None:
-        """`source`: who changes stock through this admin, recorded on its audit rows."""
+        """`source`: the entrypoint, recorded on its audit rows; `actor`: the person
+        (`cli:<user>`), None to let the source name itself."""
         self.engine = engine
         self.settings = settings
+        self.actor = actor
         self.commands = StockCommands(engine, settings, source=source)
         self.queries = StockQueries(engine, settings)
 
@@ -37,7 +44,7 @@ class StockAdmin:
 
     def acting_as(self, source: str) -> StockAdmin:
         """The same admin for another entrypoint (the dev catalogue)."""
-        return StockAdmin(self.engine, self.settings, source=source)
+        return StockAdmin(self.engine, self.settings, source=source, actor=self.actor)
 
     async def restock(
         self,
@@ -61,6 +68,7 @@ class StockAdmin:
                 )
             ],
             idempotency_key=idempotency_key,
+            actor=self.actor,
         )
         return change
 
@@ -77,6 +85,7 @@ class StockAdmin:
         [change] = await self.commands.adjust(
             [CountRequest(variant_id, counted, reason, reference)],
             idempotency_key=idempotency_key,
+            actor=self.actor,
         )
         return change
 

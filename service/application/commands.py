@@ -62,7 +62,9 @@ class StockCommands:
         self.unit_of_work = UnitOfWork(engine, settings)
         self.give_up_after = give_up_after
 
-    async def reserve(self, reservations: Sequence[requests.ReservationRequest]) -> list[Order]:
+    async def reserve(
+        self, reservations: Sequence[requests.ReservationRequest], *, actor: str | None = None
+    ) -> list[Order]:
         return await self._run(
             "reserve",
             _new_cause(self.source),
@@ -70,24 +72,29 @@ class StockCommands:
             order_ids=[r.reservation_id for r in reservations],
             create_orders=True,
             variant_ids=[v for r in reservations for v in r.lines],
+            actor=actor,
         )
 
     async def confirm_sales(
-        self, confirmations: Sequence[requests.SaleConfirmation]
+        self, confirmations: Sequence[requests.SaleConfirmation], *, actor: str | None = None
     ) -> list[Order]:
         return await self._run(
             "confirm-sale",
             _new_cause(self.source),
             lambda ledger, cause: requests.confirm_sales(ledger, confirmations, cause),
             order_ids=[c.reservation_id for c in confirmations],
+            actor=actor,
         )
 
-    async def release(self, releases: Sequence[requests.ReleaseRequest]) -> list[Order]:
+    async def release(
+        self, releases: Sequence[requests.ReleaseRequest], *, actor: str | None = None
+    ) -> list[Order]:
         return await self._run(
             "release",
             _new_cause(self.source),
             lambda ledger, cause: requests.release(ledger, releases, cause),
             order_ids=[r.reservation_id for r in releases],
+            actor=actor,
         )
 
     async def restock(
@@ -95,6 +102,7 @@ class StockCommands:
         restocks: Sequence[requests.RestockRequest],
         *,
         idempotency_key: str | None = None,
+        actor: str | None = None,
     ) -> list[StockChange]:
         """Idempotent per key: a retry whose first try committed gets that try's changes."""
         expected = [(r.variant_id, r.quantity) for r in restocks]
@@ -109,6 +117,7 @@ class StockCommands:
             replay=_replay_if(lambda c: (c.variant_id, c.delta_on_hand), expected)
             if idempotency_key
             else None,
+            actor=actor,
         )
 
     async def adjust(
@@ -116,6 +125,7 @@ class StockCommands:
         counts: Sequence[requests.CountRequest],
         *,
         idempotency_key: str | None = None,
+        actor: str | None = None,
     ) -> list[StockChange]:
         expected = [(c.variant_id, c.counted) for c in counts]
         return await self._run(
@@ -126,6 +136,7 @@ class StockCommands:
             replay=_replay_if(lambda c: (c.variant_id, c.on_hand), expected)
             if idempotency_key
             else None,
+            actor=actor,
         )
 
     async def _run(
@@ -139,6 +150,7 @@ class StockCommands:
         variant_ids: Collection[str] = (),
         new_variants: dict[str, str] | None = None,
         replay: Callable[[AsyncConnection, EventRef], Awaitable[T]] | None = None,
+        actor: str | None = None,
     ) -> T:
         """One request, one transaction of the unit of work (retried whole on transient
         database errors).
@@ -159,7 +171,9 @@ class StockCommands:
             ledger = await tx.lock(order_ids, variant_ids, create_orders=create_orders)
             return decide(ledger, cause)
 
-        return await self.unit_of_work.run(step, what=what, give_up_after=self.give_up_after)
+        return await self.unit_of_work.run(
+            step, what=what, give_up_after=self.give_up_after, actor=actor
+        )
 
 
 def _new_cause(

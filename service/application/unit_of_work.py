@@ -39,10 +39,14 @@ T = TypeVar("T")
 class StockTransaction:
     """One attempt of a step: the open connection, and what the step locked."""
 
-    def __init__(self, conn: AsyncConnection, settings: Settings, now: datetime) -> None:
+    def __init__(
+        self, conn: AsyncConnection, settings: Settings, now: datetime, actor: str | None
+    ) -> None:
         self.conn = conn
         #: The time this attempt decides at (holds that end before it are over).
         self.now = now
+        #: Who asked, for the audit rows (None: each change's cause names its actor).
+        self.actor = actor
         self._settings = settings
         self._state: stock_store.LoadedState | None = None
         self._ledger: StockLedger | None = None
@@ -90,7 +94,7 @@ class StockTransaction:
         """The ledger's state and effects, and the extra messages, into the transaction."""
         messages: list[OutboxMessage] = []
         if self._ledger is not None and self._state is not None:
-            await stock_store.write_ledger(self.conn, self._ledger, self._state)
+            await stock_store.write_ledger(self.conn, self._ledger, self._state, self.actor)
             ledger = self._ledger
             messages = writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, self.now)
         messages.extend(self._extra)
@@ -114,18 +118,23 @@ class UnitOfWork:
         now: datetime | None = None,
         give_up_after: float | None = None,
         before_commit: Callable[[], None] | None = None,
+        actor: str | None = None,
     ) -> T:
         """Run `step` in one transaction, then write back and commit.
 
         `give_up_after`: seconds to wait out a database outage before raising
         `TransientDatabaseError` (an HTTP caller owes an answer); None waits as long as
         it takes (a Kafka batch must not be skipped). `before_commit` runs after the
-        write-back, inside the transaction (the fault suite's crash point).
+        write-back, inside the transaction (the fault suite's crash point). `actor`:
+        who asked (`api:<token name>`, `cli:<user>`), written on every audit row; None
+        for Kafka events (their `source`) and the service's own jobs.
         """
 
         async def attempt() -> T:
             async with self.engine.begin() as conn:
-                transaction = StockTransaction(conn, self.settings, now or datetime.now(UTC))
+                transaction = StockTransaction(
+                    conn, self.settings, now or datetime.now(UTC), actor
+                )
                 result = await step(transaction)
                 await transaction._write_back(self.writer)
                 if before_commit is not None:

@@ -104,6 +104,19 @@ class InvalidCursor(DomainError):
     code = "invalid_cursor"
 
 
+class VersionConflict(DomainError):
+    """Optimistic concurrency: a line's `expectedVersion` is not the variant's version
+    (someone changed it since the caller read it). Carries every conflicting variant's
+    current version, so the caller can re-read and decide again."""
+
+    code = "version_conflict"
+
+    def __init__(self, current: dict[str, int]) -> None:
+        listed = ", ".join(f"{v!r} is at version {n}" for v, n in current.items())
+        super().__init__(f"changed since it was read: {listed}; nothing was applied")
+        self.current = current
+
+
 class CountBelowReserved(DomainError):
     """A counted quantity below what customers hold: release holds first."""
 

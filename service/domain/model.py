@@ -34,6 +34,16 @@ class PaymentOutcome(StrEnum):
     FAILED = "FAILED"
 
 
+#: The actor of the service's own work (the expiry sweep, scheduled jobs).
+SERVICE_ACTOR = "stock-service"
+
+
+def actor_of(cause_source: str | None) -> str:
+    """Who did a change nobody named: the `source` of the event that caused it (a
+    Kafka producer), or the service itself (CONTRACT.md, "Who did it")."""
+    return cause_source or SERVICE_ACTOR
+
+
 @dataclass(frozen=True, slots=True)
 class EventRef:
     """`(source, id)` of the event that caused a change: the audit log's cause."""

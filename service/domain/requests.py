@@ -24,6 +24,7 @@ from service.domain.errors import (
     ReservationMismatch,
     UnknownReservation,
     UnknownVariant,
+    VersionConflict,
 )
 from service.domain.ledger import StockLedger
 from service.domain.model import RETAKING_PHASES, EventRef, Order, OrderPhase, StockChange
@@ -78,6 +79,9 @@ class RestockRequest:
     #: The product of a variant this restock creates when `product_id` is not given
     #: (the CLI creates a variant as its own product). Never checked.
     default_product_id: str | None = None
+    #: Optimistic concurrency: apply only if the variant is at this version (a variant
+    #: that does not exist yet is at version 0).
+    expected_version: int | None = None
 
     @property
     def product_if_created(self) -> str | None:
@@ -90,6 +94,8 @@ class CountRequest:
     counted: int
     reason: str
     reference: str | None = None
+    #: As `RestockRequest.expected_version`.
+    expected_version: int | None = None
 
 
 def group_reservation_lines(
@@ -255,6 +261,7 @@ def restock(
     ]
     if unknown:
         raise UnknownVariant(*dict.fromkeys(unknown))
+    _check_versions(ledger, [(r.variant_id, r.expected_version) for r in restocks])
     for r in restocks:
         variant = ledger.variants.get(r.variant_id)
         if r.product_id and variant is not None and variant.product_id != r.product_id:
@@ -272,6 +279,20 @@ def restock(
     ]
 
 
+def _check_versions(ledger: StockLedger, expected: Sequence[tuple[str, int | None]]) -> None:
+    """Every line that names an `expectedVersion` the variant is not at: all of them,
+    with their current versions, before anything is applied (CONTRACT.md, "Optimistic
+    concurrency")."""
+    current: dict[str, int] = {}
+    for variant_id, version in expected:
+        variant = ledger.variants.get(variant_id)
+        now_at = variant.version if variant is not None else 0
+        if version is not None and version != now_at:
+            current[variant_id] = now_at
+    if current:
+        raise VersionConflict(current)
+
+
 def adjust(
     ledger: StockLedger, counts: Sequence[CountRequest], cause: EventRef
 ) -> list[StockChange]:
@@ -280,6 +301,7 @@ def adjust(
     unknown = [c.variant_id for c in counts if c.variant_id not in ledger.variants]
     if unknown:
         raise UnknownVariant(*dict.fromkeys(unknown))
+    _check_versions(ledger, [(c.variant_id, c.expected_version) for c in counts])
     for count in counts:
         reserved = ledger.variants[count.variant_id].reserved
         if 0 <= count.counted < reserved:  # a negative count is InvalidQuantity

@@ -112,12 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         help="product id (for a new variant; default: the variant id)",
     )
     restock.add_argument("--reason", type=_reason, default=None, help=REASON_HELP)
+    _add_actor_option(restock)
     restock.set_defaults(handler=_restock)
 
     adjust = commands.add_parser("adjust", help="set on_hand to a counted quantity")
     adjust.add_argument("variant", type=_identifier, help=ID_HELP)
     adjust.add_argument("quantity", type=int)
     adjust.add_argument("--reason", type=_reason, required=True, help=REASON_HELP)
+    _add_actor_option(adjust)
     adjust.set_defaults(handler=_adjust)
 
     show = commands.add_parser("show", help="stock level and recent audit trail of a variant")
@@ -343,7 +345,8 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
                         "kafka_bootstrap_servers": bootstrap,
                         "kafka_enable_idempotence": False,
                         "http_port": ports.http,
-                        "api_tokens": SecretStr(",".join(given or [token])),
+                        # The dev token is an admin (counts, approvals, reconciliation).
+                        "api_tokens": SecretStr(",".join(given or [f"dev:{token}:admin"])),
                     }
                 )
                 upgrade_to_head(database_url)
@@ -391,6 +394,30 @@ async def _load_catalogue(settings: Settings) -> int:
     return await _with_admin(settings, load_sample_catalogue)
 
 
+def _add_actor_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--actor",
+        type=_identifier,
+        default=None,
+        help="who is doing this, for the audit log (recorded as cli:ACTOR; "
+        "default: cli:<your login name>)",
+    )
+
+
+def cli_actor(args: argparse.Namespace) -> str:
+    """The audit log's actor for a CLI change: `cli:<--actor>`, else `cli:<login name>`.
+    Always `cli:`-prefixed, so the CLI cannot pass itself off as a token or a producer."""
+    import getpass
+
+    name = getattr(args, "actor", None)
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):  # no login name (a container with a bare uid)
+            name = "unknown"
+    return f"cli:{name}"
+
+
 def _restock(args: argparse.Namespace, settings: Settings) -> int:
     async def go(admin: Any) -> Any:
         return await admin.restock(
@@ -401,19 +428,21 @@ def _restock(args: argparse.Namespace, settings: Settings) -> int:
             reference="cli",
         )
 
-    return _print_change(go, settings, "stock restock")
+    return _print_change(go, settings, "stock restock", cli_actor(args))
 
 
 def _adjust(args: argparse.Namespace, settings: Settings) -> int:
     async def go(admin: Any) -> Any:
         return await admin.adjust(args.variant, args.quantity, reason=args.reason, reference="cli")
 
-    return _print_change(go, settings, "stock adjust")
+    return _print_change(go, settings, "stock adjust", cli_actor(args))
 
 
-def _print_change(go: Callable[[Any], Awaitable[Any]], settings: Settings, command: str) -> int:
+def _print_change(
+    go: Callable[[Any], Awaitable[Any]], settings: Settings, command: str, actor: str
+) -> int:
     try:
-        change = _admin_run(settings, go, command)
+        change = _admin_run(settings, go, command, actor)
     except _Refused as refused:
         return refused.status
     print(
@@ -446,7 +475,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
             f"  v{row['version']:<5} {row['created_at']:%Y-%m-%d %H:%M:%S} "
             f"{row['change_type']:<10} "
             f"on_hand {row['delta_on_hand']:+d} reserved {row['delta_reserved']:+d} "
-            f"ref={row['reference'] or '-'} reason={row['reason'] or '-'}"
+            f"ref={row['reference'] or '-'} reason={row['reason'] or '-'} by={row['actor']}"
         )
     return 0
 
@@ -530,13 +559,18 @@ class _Refused(Exception):
         self.status = status
 
 
-def _admin_run(settings: Settings, go: Callable[[Any], Awaitable[T]], command: str) -> T:
+def _admin_run(
+    settings: Settings,
+    go: Callable[[Any], Awaitable[T]],
+    command: str,
+    actor: str | None = None,
+) -> T:
     """`go` with a `StockAdmin`; a refusal or a database that cannot be used is said in
     a line or two and raised as `_Refused(2)`."""
     from service.domain.errors import DomainError
 
     try:
-        return asyncio.run(_with_admin(settings, go))
+        return asyncio.run(_with_admin(settings, go, actor))
     except DomainError as error:
         print(f"error ({error.code}): {error}", file=sys.stderr)
         raise _Refused(2) from None
@@ -548,13 +582,15 @@ def _admin_run(settings: Settings, go: Callable[[Any], Awaitable[T]], command: s
         raise _Refused(2) from None
 
 
-async def _with_admin(settings: Settings, go: Callable[[Any], Awaitable[T]]) -> T:
+async def _with_admin(
+    settings: Settings, go: Callable[[Any], Awaitable[T]], actor: str | None = None
+) -> T:
     from service.adapters.database import create_engine
     from service.application.admin import StockAdmin
 
     engine = create_engine(settings.database_url, pool_size=1)
     try:
-        return await go(StockAdmin(engine, settings))
+        return await go(StockAdmin(engine, settings, actor=actor))
     finally:
         await engine.dispose()
 

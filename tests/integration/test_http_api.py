@@ -85,6 +85,7 @@ async def test_check_says_whether_a_quantity_is_available(http, stocked) -> None
         "variantId": "shirt-l",
         "requestedQuantity": 3,
         "availableQuantity": 3,
+        "version": 1,
     }
     too_many = (await http.get(f"{API}/check/shirt-l", params={"quantity": 4})).json()
     assert (too_many["available"], too_many["availableQuantity"]) == (False, 3)

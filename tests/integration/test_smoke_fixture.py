@@ -31,7 +31,8 @@ async def test_audit_log_is_append_only(engine) -> None:
         await conn.execute(
             text(
                 """INSERT INTO audit_log (variant_id, change_type, delta_on_hand, delta_reserved,
-                   on_hand_after, reserved_after, version) VALUES ('v','RESTOCK',1,0,1,0,1)"""
+                   on_hand_after, reserved_after, version, actor)
+                   VALUES ('v','RESTOCK',1,0,1,0,1,'test')"""
             )
         )
     for statement in ("UPDATE audit_log SET delta_on_hand = 5", "DELETE FROM audit_log",

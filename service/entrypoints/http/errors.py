@@ -25,6 +25,7 @@ from service.domain.errors import (
     UnknownProduct,
     UnknownReservation,
     UnknownVariant,
+    VersionConflict,
 )
 from service.entrypoints.http.models import ErrorBody
 
@@ -41,6 +42,7 @@ STATUS_BY_CODE = {
     ReservationClosed.code: 409,
     ReservationMismatch.code: 409,
     ProductMismatch.code: 409,
+    VersionConflict.code: 409,
     IdempotencyKeyReused.code: 422,
     InvalidQuantity.code: 422,
     InvalidExpiry.code: 422,
@@ -62,6 +64,7 @@ _STATUS_CODES = {
 _OTHER_CODES = {
     400: "`bad_request`: a body that is not even text (invalid UTF-8).",
     401: "No valid bearer token (`unauthorized`).",
+    403: "`forbidden`: the token lacks the scope this request needs.",
     413: "`payload_too_large`: the body is over STOCK_HTTP_MAX_BODY_BYTES.",
     422: "`validation_failed`: the body or a parameter breaks the schema.",
     503: "`database_unavailable`: try again.",
@@ -92,6 +95,10 @@ def _documented_errors() -> dict[int | str, dict[str, Any]]:
 
 class Unauthorized(Exception):
     """No bearer token, or one that is not in STOCK_API_TOKENS."""
+
+
+class Forbidden(Exception):
+    """A valid token without the scope the request needs."""
 
 
 class TooManyStreams(Exception):
@@ -142,6 +149,10 @@ def details_of(error: DomainError) -> Any:
             "variantId": error.variant_id,
             "productId": error.product_id,
             "requestedProductId": error.named,
+        }
+    if isinstance(error, VersionConflict):
+        return {
+            "current": [{"variantId": v, "version": n} for v, n in error.current.items()]
         }
     if isinstance(error, CountBelowReserved):
         return {"variantId": error.variant_id, "counted": error.counted, "reserved": error.reserved}
@@ -197,6 +208,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             401, "unauthorized", str(error), headers={"WWW-Authenticate": "Bearer"}
         )
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, error: Forbidden) -> JSONResponse:
+        return error_response(403, "forbidden", str(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -24,7 +24,7 @@ from service.domain.requests import (
     group_reservation_lines,
 )
 from service.entrypoints.http import models
-from service.entrypoints.http.auth import require_read_token, require_write_token
+from service.entrypoints.http.auth import Writer, require_read_token, require_write_token
 from service.entrypoints.http.errors import DOCUMENTED_ERRORS, WRITE_ERRORS
 from service.entrypoints.http.services import ApiServices, services
 
@@ -93,11 +93,14 @@ async def check_availability(
         variant_id=level.variant_id,
         requested_quantity=quantity,
         available_quantity=level.available,
+        version=level.version,
     )
 
 
 @writes.post("/reserve", response_model=models.Reservations)
-async def reserve(svc: Services, body: models.ReserveBody) -> models.Reservations:
+async def reserve(
+    svc: Services, caller: Writer, body: models.ReserveBody
+) -> models.Reservations:
     """Hold stock for checkouts; lines sharing a `reservationId` form one reservation.
 
     All or nothing over the whole request. Idempotent per `reservationId`: repeating
@@ -112,12 +115,14 @@ async def reserve(svc: Services, body: models.ReserveBody) -> models.Reservation
         default_hold=timedelta(seconds=settings.reservation_ttl_seconds),
         max_hold=timedelta(seconds=settings.reservation_max_ttl_seconds),
     )
-    orders = await svc.commands.reserve(requests)
+    orders = await svc.commands.reserve(requests, actor=caller.actor)
     return _reservations(orders)
 
 
 @writes.post("/confirm-sale", response_model=models.Reservations)
-async def confirm_sale(svc: Services, body: models.ConfirmSaleBody) -> models.Reservations:
+async def confirm_sale(
+    svc: Services, caller: Writer, body: models.ConfirmSaleBody
+) -> models.Reservations:
     """Sell reserved stock (payment succeeded). A reservation is sold whole; lines named
     in the request are checked against it. All or nothing."""
     expected: dict[str, dict[str, int | None]] = {}
@@ -128,19 +133,23 @@ async def confirm_sale(svc: Services, body: models.ConfirmSaleBody) -> models.Re
             lines[update.variant_id] = update.quantity
         notes[update.reservation_id] = notes.get(update.reservation_id) or update.reason
     orders = await svc.commands.confirm_sales(
-        [SaleConfirmation(r, lines, notes[r]) for r, lines in expected.items()]
+        [SaleConfirmation(r, lines, notes[r]) for r, lines in expected.items()],
+        actor=caller.actor,
     )
     return _reservations(orders, notes)
 
 
 @writes.post("/release", response_model=models.Reservations)
-async def release(svc: Services, body: models.ReleaseBody) -> models.Reservations:
+async def release(
+    svc: Services, caller: Writer, body: models.ReleaseBody
+) -> models.Reservations:
     """Give reserved stock back (cart abandoned, payment given up). All or nothing."""
     notes: dict[str, str | None] = {}
     for update in body.updates:
         notes[update.reservation_id] = notes.get(update.reservation_id) or update.reason
     orders = await svc.commands.release(
-        [ReleaseRequest(reservation_id, note) for reservation_id, note in notes.items()]
+        [ReleaseRequest(reservation_id, note) for reservation_id, note in notes.items()],
+        actor=caller.actor,
     )
     return _reservations(orders, notes)
 
@@ -148,16 +157,25 @@ async def release(svc: Services, body: models.ReleaseBody) -> models.Reservation
 @writes.post("/restock", response_model=models.Changes)
 async def restock(
     svc: Services,
+    caller: Writer,
     body: models.RestockBody,
     idempotency_key: IdempotencyKey = None,
 ) -> models.Changes:
     """Add received units. A new variant needs `productId`. All or nothing."""
     changes = await svc.commands.restock(
         [
-            RestockRequest(u.variant_id, u.quantity, u.product_id, u.reason, u.reference)
+            RestockRequest(
+                u.variant_id,
+                u.quantity,
+                u.product_id,
+                u.reason,
+                u.reference,
+                expected_version=u.expected_version,
+            )
             for u in body.updates
         ],
         idempotency_key=idempotency_key,
+        actor=caller.actor,
     )
     return _changes(changes)
 
@@ -165,13 +183,20 @@ async def restock(
 @writes.put("/adjust", response_model=models.Changes)
 async def adjust(
     svc: Services,
+    caller: Writer,
     body: models.AdjustBody,
     idempotency_key: IdempotencyKey = None,
 ) -> models.Changes:
     """Set `onHand` to a physical count, with the reason. All or nothing."""
     changes = await svc.commands.adjust(
-        [CountRequest(u.variant_id, u.quantity, u.reason, u.reference) for u in body.updates],
+        [
+            CountRequest(
+                u.variant_id, u.quantity, u.reason, u.reference, expected_version=u.expected_version
+            )
+            for u in body.updates
+        ],
         idempotency_key=idempotency_key,
+        actor=caller.actor,
     )
     return _changes(changes)
 
@@ -222,9 +247,11 @@ async def audit_log(
     cursor: Cursor = None,
 ) -> models.AuditLog:
     """The audit trail of a variant, newest first; `nextCursor` pages further back."""
+    level = await svc.queries.stock_level(variant_id)
     page = await svc.queries.audit_trail(variant_id, limit, cursor)
     return models.AuditLog(
         variant_id=variant_id,
+        version=level.version,
         entries=[
             models.AuditEntry(
                 version=row["version"],
@@ -237,6 +264,7 @@ async def audit_log(
                 reference=row["reference"],
                 source=row["source_event_source"],
                 event_id=row["source_event_id"],
+                actor=row["actor"],
                 created_at=row["created_at"],
             )
             for row in page.items

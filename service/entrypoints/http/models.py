@@ -25,6 +25,10 @@ Text = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")]
 Count = Annotated[int, Field(ge=0, le=MAX_QUANTITY, strict=True)]
 
 
+#: A variant's version as read (it grows by one with every change).
+Version = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -89,6 +93,9 @@ class RestockLine(_Body):
     #: Needed only for a variant that does not exist yet: it is created under it.
     product_id: Identifier | None = None
     reference: Text | None = None
+    #: Apply only if the variant is at this version (as read from check, product or
+    #: logs; 0 for a variant this restock creates); else 409 `version_conflict`.
+    expected_version: Version | None = None
 
 
 class RestockBody(_Body):
@@ -101,6 +108,8 @@ class CountLine(_Body):
     quantity: Count
     reason: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00]+$")]
     reference: Text | None = None
+    #: Apply only if the variant is at this version; else 409 `version_conflict`.
+    expected_version: Version | None = None
 
 
 class AdjustBody(_Body):
@@ -115,6 +124,8 @@ class Availability(_Answer):
     variant_id: str
     requested_quantity: int
     available_quantity: int
+    #: The variant's current version (send it back as `expectedVersion`).
+    version: int
 
 
 class Line(_Answer):
@@ -196,11 +207,16 @@ class AuditEntry(_Answer):
     reference: str | None
     source: str | None
     event_id: str | None
+    #: Who did it: `api:<token name>`, `cli:<user>`, a Kafka event's source, or
+    #: `stock-service` (the service's own jobs).
+    actor: str
     created_at: datetime
 
 
 class AuditLog(_Answer):
     variant_id: str
+    #: The variant's current version (send it back as `expectedVersion`).
+    version: int
     entries: list[AuditEntry]
     next_cursor: str | None
 
