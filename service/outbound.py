@@ -19,7 +19,7 @@ from typing import Any
 import pydantic_core
 from stock_schemas.envelope import EventType
 
-from service.domain.model import LowStockAlert, ReservationOutcome, StockChange
+from service.domain.model import Anomaly, LowStockAlert, ReservationOutcome, StockChange
 from service.inbound import Poison
 from service.settings import Settings
 
@@ -174,16 +174,37 @@ class EventWriter:
             correlation_id=outcome.order_id,
         )
 
+    def stock_anomaly(self, anomaly: Anomaly, time: datetime) -> OutboxMessage:
+        data = {
+            "variant_id": anomaly.variant_id,
+            "product_id": anomaly.product_id,
+            "rule": anomaly.rule.value,
+            "observed": anomaly.observed,
+            "expected": anomaly.expected,
+            "score": anomaly.score,
+            "reference": anomaly.reference,
+        }
+        return self._event(
+            self.settings.topic_stock_anomaly,
+            EventType.STOCK_ANOMALY,
+            anomaly.variant_id,
+            data,
+            time,
+            correlation_id=anomaly.reference,
+        )
+
     def effects(
         self,
         changes: Iterable[StockChange],
         alerts: Iterable[LowStockAlert],
         outcomes: Iterable[ReservationOutcome],
         time: datetime,
+        anomalies: Iterable[Anomaly] = (),
     ) -> list[OutboxMessage]:
         messages = [self.stock_changed(change, time) for change in changes]
         messages.extend(self.stock_low(alert, time) for alert in alerts)
         messages.extend(self.reservation(outcome, time) for outcome in outcomes)
+        messages.extend(self.stock_anomaly(anomaly, time) for anomaly in anomalies)
         return messages
 
     def dead_letter(self, poison: Poison) -> OutboxMessage:

@@ -27,6 +27,7 @@ TOPIC_DEFAULTS: dict[str, str] = {
     "topic_stock_changed": EventType.STOCK_CHANGED,
     "topic_stock_low": EventType.STOCK_LOW,
     "topic_stock_reservation": EventType.STOCK_RESERVATION,
+    "topic_stock_anomaly": EventType.STOCK_ANOMALY,
     "topic_dlq": "stock.dlq",
 }
 
@@ -92,6 +93,7 @@ class Settings(BaseSettings):
     topic_stock_changed: str = TOPIC_DEFAULTS["topic_stock_changed"]
     topic_stock_low: str = TOPIC_DEFAULTS["topic_stock_low"]
     topic_stock_reservation: str = TOPIC_DEFAULTS["topic_stock_reservation"]
+    topic_stock_anomaly: str = TOPIC_DEFAULTS["topic_stock_anomaly"]
     topic_dlq: str = TOPIC_DEFAULTS["topic_dlq"]
 
     #: `source` of every event this service publishes.
@@ -256,6 +258,7 @@ class Settings(BaseSettings):
             self.topic_stock_changed,
             self.topic_stock_low,
             self.topic_stock_reservation,
+            self.topic_stock_anomaly,
             self.topic_dlq,
         ]
 

@@ -26,6 +26,7 @@ class EventType(StrEnum):
     STOCK_CHANGED = "stock.changed"
     STOCK_LOW = "stock.low"
     STOCK_RESERVATION = "stock.reservation"
+    STOCK_ANOMALY = "stock.anomaly"
 
 
 class CloudEvent(BaseModel):

@@ -173,6 +173,31 @@ class StockLow(_Data):
     out_of_stock: bool
 
 
+class AnomalyRule(StrEnum):
+    """Why a `stock.anomaly` was raised (CONTRACT.md, "Events added")."""
+
+    COUNT_VARIANCE = "count_variance"
+    LARGE_ADJUSTMENT = "large_adjustment"
+    UNUSUAL_SHRINKAGE = "unusual_shrinkage"
+    LEDGER_MISMATCH = "ledger_mismatch"
+
+
+class StockAnomaly(_Data):
+    """Something about a variant's stock a person should look at; tied to one cause."""
+
+    variant_id: str
+    product_id: str
+    rule: AnomalyRule
+    #: What was found (a counted quantity, an adjustment, a week's losses, a stored value).
+    observed: float
+    #: What was expected instead (the expected count, a baseline, the ledger's value).
+    expected: float
+    #: How unusual, where a rule scores it (a z-score); null otherwise.
+    score: float | None = None
+    #: What raised it: a count id, a reconciliation run id, an audit reference.
+    reference: str | None = None
+
+
 class StockReservation(_Data):
     order_id: str
     status: ReservationStatus
@@ -194,6 +219,7 @@ PUBLISHED_DATA_MODELS: dict[str, type[_Data]] = {
     "stock.changed": StockChanged,
     "stock.low": StockLow,
     "stock.reservation": StockReservation,
+    "stock.anomaly": StockAnomaly,
 }
 
 #: Every event type of the contract -> its `data` model: what `parse_record` reads by

@@ -96,7 +96,9 @@ class StockTransaction:
         if self._ledger is not None and self._state is not None:
             await stock_store.write_ledger(self.conn, self._ledger, self._state, self.actor)
             ledger = self._ledger
-            messages = writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, self.now)
+            messages = writer.effects(
+                ledger.changes, ledger.alerts, ledger.outcomes, self.now, ledger.anomalies
+            )
         messages.extend(self._extra)
         await stock_store.append_outbox(self.conn, messages)
         self.appended = len(messages)

@@ -25,6 +25,7 @@ from service.domain.errors import (
 from service.domain.model import (
     HOLDING_PHASES,
     RETAKING_PHASES,
+    Anomaly,
     EventRef,
     LowStockAlert,
     Order,
@@ -59,6 +60,8 @@ class StockLedger:
         self.changes: list[StockChange] = []
         self.alerts: list[LowStockAlert] = []
         self.outcomes: list[ReservationOutcome] = []
+        #: `stock.anomaly` events the decisions raised (a count variance out of tolerance).
+        self.anomalies: list[Anomaly] = []
         self.touched_orders: set[str] = set()
         self.created_variants: set[str] = set()
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from stock_schemas.events import ChangeType, ReservationStatus
+from stock_schemas.events import AnomalyRule, ChangeType, ReservationStatus
 
 
 class OrderPhase(StrEnum):
@@ -117,6 +117,19 @@ class LowStockAlert:
     @property
     def out_of_stock(self) -> bool:
         return self.available <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """A `stock.anomaly` to publish: something about a variant a person should look at."""
+
+    variant_id: str
+    product_id: str
+    rule: AnomalyRule
+    observed: float
+    expected: float
+    score: float | None = None
+    reference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

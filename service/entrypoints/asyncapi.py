@@ -25,7 +25,13 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI, Specification
 from pydantic import BaseModel, create_model
 from stock_schemas.envelope import CloudEvent, EventType
-from stock_schemas.events import CONSUMED_DATA_MODELS, StockChanged, StockLow, StockReservation
+from stock_schemas.events import (
+    CONSUMED_DATA_MODELS,
+    StockAnomaly,
+    StockChanged,
+    StockLow,
+    StockReservation,
+)
 
 from service.settings import Settings
 
@@ -86,6 +92,13 @@ def asyncapi_specification(settings: Settings) -> Specification:
             EventType.STOCK_RESERVATION,
             StockReservation,
             "Where an order's reservation stands, keyed by order_id.",
+        ),
+        (
+            settings.topic_stock_anomaly,
+            EventType.STOCK_ANOMALY,
+            StockAnomaly,
+            "Something about a variant's stock a person should look at (a count variance "
+            "out of tolerance, a ledger mismatch, ...), keyed by variant_id.",
         ),
     ]
     for topic, event_type, data_model, description in published:
