@@ -35,12 +35,20 @@ variants = Table(
     Column("version", BigInteger, nullable=False, server_default=text("0")),
     #: NULL means the configured default (STOCK_LOW_STOCK_THRESHOLD).
     Column("low_stock_threshold", Integer, nullable=True),
+    #: Percent of the expected quantity a count may differ by without an admin's
+    #: approval; NULL means the configured default (STOCK_COUNT_TOLERANCE_PERCENT).
+    Column("count_tolerance_percent", Numeric, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # The database refuses an oversell even if every line of Python above it is wrong.
     CheckConstraint("reserved >= 0 AND reserved <= on_hand", name="reserved_within_on_hand"),
     CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
     CheckConstraint("low_stock_threshold IS NULL OR low_stock_threshold >= 0", name="threshold_ok"),
+    CheckConstraint(
+        "count_tolerance_percent IS NULL OR "
+        "(count_tolerance_percent >= 0 AND count_tolerance_percent <= 100)",
+        name="count_tolerance_ok",
+    ),
 )
 Index("variants_product_id", variants.c.product_id)
 
@@ -185,6 +193,7 @@ stock_count_lines = Table(
     PrimaryKeyConstraint("count_id", "variant_id"),
     CheckConstraint("counted IS NULL OR counted >= 0", name="counted_not_negative"),
 )
+Index("stock_count_lines_variant", stock_count_lines.c.variant_id)
 
 reconciliation_runs = Table(
     "reconciliation_runs",

@@ -39,6 +39,15 @@ UPGRADE = [
     """
     ALTER TABLE audit_log ALTER COLUMN actor SET NOT NULL
     """,
+    # A variant's own count tolerance (percent of the expected quantity); NULL means
+    # STOCK_COUNT_TOLERANCE_PERCENT. See docs/design.md, "Stock counts".
+    """
+    ALTER TABLE variants ADD COLUMN count_tolerance_percent numeric,
+        ADD CONSTRAINT count_tolerance_ok CHECK (
+            count_tolerance_percent IS NULL
+            OR (count_tolerance_percent >= 0 AND count_tolerance_percent <= 100)
+        )
+    """,
     # Stock counts (stocktakes): a count and its lines. See docs/design.md.
     """
     CREATE TABLE stock_counts (
@@ -73,6 +82,10 @@ UPGRADE = [
         PRIMARY KEY (count_id, variant_id),
         CONSTRAINT counted_not_negative CHECK (counted IS NULL OR counted >= 0)
     )
+    """,
+    # Which open count holds a variant (a variant is in one open count at a time).
+    """
+    CREATE INDEX stock_count_lines_variant ON stock_count_lines (variant_id)
     """,
     # Reconciliation: every run kept, the latest shown.
     """
@@ -114,6 +127,9 @@ DOWNGRADE = [
     """,
     """
     DROP TABLE stock_counts
+    """,
+    """
+    ALTER TABLE variants DROP COLUMN count_tolerance_percent
     """,
     """
     ALTER TABLE audit_log DROP COLUMN actor
