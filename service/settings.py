@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
     sweep_batch_size: int = Field(default=500, ge=1)
     low_stock_threshold: int = Field(default=5, ge=0)
+    #: A stock count line is within tolerance when |variance| <= this percent of its
+    #: expected quantity (a variant's own `count_tolerance_percent` wins); lines beyond
+    #: it are applied only with an admin's approval.
+    count_tolerance_percent: float = Field(default=2.0, ge=0, le=100)
 
     batch_max_records: int = Field(default=500, ge=1)
     #: How long a batch waits to fill before it is handled anyway.

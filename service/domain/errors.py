@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from service.domain.model import Shortage
 
 
@@ -118,18 +120,121 @@ class VersionConflict(DomainError):
 
 
 class CountBelowReserved(DomainError):
-    """A counted quantity below what customers hold: release holds first."""
+    """A counted quantity below what customers hold: release holds first.
+
+    `on_hand_after`: for a stock count's line, the `on_hand` its variance would leave
+    (the counted quantity plus what moved since it was counted)."""
 
     code = "count_below_reserved"
 
-    def __init__(self, variant_id: str, counted: int, reserved: int) -> None:
-        super().__init__(
-            f"counted {counted} for {variant_id!r} but {reserved} are reserved by open orders; "
-            "the count cannot go below the reserved quantity"
-        )
+    def __init__(
+        self, variant_id: str, counted: int, reserved: int, *, on_hand_after: int | None = None
+    ) -> None:
+        if on_hand_after is None:
+            super().__init__(
+                f"counted {counted} for {variant_id!r} but {reserved} are reserved by open "
+                "orders; the count cannot go below the reserved quantity"
+            )
+        else:
+            super().__init__(
+                f"counted {counted} for {variant_id!r}, which with what moved since leaves "
+                f"on_hand at {on_hand_after}, below the {reserved} reserved by open orders; "
+                "release holds (or recount) first; nothing was applied"
+            )
         self.variant_id = variant_id
         self.counted = counted
         self.reserved = reserved
+        self.on_hand_after = on_hand_after
+
+
+class UnknownCount(DomainError):
+    code = "unknown_count"
+
+    def __init__(self, count_id: str) -> None:
+        super().__init__(f"unknown count {count_id!r}")
+        self.count_id = count_id
+
+
+class CountClosed(DomainError):
+    """The count was applied (it is immutable) or cancelled."""
+
+    code = "count_closed"
+
+    def __init__(self, count_id: str, status: str, what: str) -> None:
+        super().__init__(f"count {count_id!r} is {status}: {what}")
+        self.count_id = count_id
+        self.status = status
+
+
+class VariantNotInCount(DomainError):
+    """Lines recorded for variants the count was not opened for."""
+
+    code = "variant_not_in_count"
+
+    def __init__(self, count_id: str, variant_ids: tuple[str, ...]) -> None:
+        names = ", ".join(repr(v) for v in variant_ids)
+        super().__init__(
+            f"count {count_id!r} has no line for {names}; open a count that includes "
+            f"{'them' if len(variant_ids) > 1 else 'it'}"
+        )
+        self.count_id = count_id
+        self.variant_ids = variant_ids
+
+
+class CountOverlap(DomainError):
+    """A variant may be in one open count at a time: two counts of one shelf would
+    both correct the same difference."""
+
+    code = "count_overlap"
+
+    def __init__(self, open_counts: dict[str, str]) -> None:
+        listed = ", ".join(f"{v!r} is in {c!r}" for v, c in open_counts.items())
+        super().__init__(f"already being counted: {listed}; apply or cancel that count first")
+        self.open_counts = open_counts
+
+
+class NothingCounted(DomainError):
+    """An apply of a count none of whose lines was recorded."""
+
+    code = "nothing_counted"
+
+    def __init__(self, count_id: str) -> None:
+        super().__init__(
+            f"count {count_id!r} has no counted line: record lines first, or cancel it"
+        )
+        self.count_id = count_id
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfTolerance:
+    """A count line whose variance is beyond its tolerance (expected and variance
+    are None on a blind count)."""
+
+    variant_id: str
+    counted: int
+    expected: int | None
+    variance: int | None
+    tolerance_percent: float
+
+
+class ApprovalRequired(DomainError):
+    """Lines out of tolerance, applied only with `approve` from an admin."""
+
+    code = "approval_required"
+
+    def __init__(self, count_id: str, lines: tuple[OutOfTolerance, ...]) -> None:
+        listed = ", ".join(
+            f"{line.variant_id!r} counted {line.counted}"
+            + (f" (variance {line.variance:+d})" if line.variance is not None else "")
+            for line in lines
+        )
+        super().__init__(
+            f"count {count_id!r} has {len(lines)} line{'s' if len(lines) > 1 else ''} out of "
+            f"tolerance: {listed}; an admin applies {'them' if len(lines) > 1 else 'it'} with "
+            "approve: true; nothing was applied"
+        )
+        self.count_id = count_id
+        self.lines = lines
 
 
 class InsufficientStock(DomainError):

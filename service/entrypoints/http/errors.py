@@ -12,19 +12,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.adapters.database import TransientDatabaseError, is_transient
 from service.domain.errors import (
+    ApprovalRequired,
     CountBelowReserved,
+    CountClosed,
+    CountOverlap,
     DomainError,
     IdempotencyKeyReused,
     InsufficientStock,
     InvalidCursor,
     InvalidExpiry,
     InvalidQuantity,
+    NothingCounted,
     ProductMismatch,
     ReservationClosed,
     ReservationMismatch,
+    UnknownCount,
     UnknownProduct,
     UnknownReservation,
     UnknownVariant,
+    VariantNotInCount,
     VersionConflict,
 )
 from service.entrypoints.http.models import ErrorBody
@@ -37,12 +43,18 @@ STATUS_BY_CODE = {
     UnknownVariant.code: 404,
     UnknownProduct.code: 404,
     UnknownReservation.code: 404,
+    UnknownCount.code: 404,
     InsufficientStock.code: 409,
     CountBelowReserved.code: 409,
     ReservationClosed.code: 409,
     ReservationMismatch.code: 409,
     ProductMismatch.code: 409,
     VersionConflict.code: 409,
+    CountClosed.code: 409,
+    CountOverlap.code: 409,
+    NothingCounted.code: 409,
+    ApprovalRequired.code: 409,
+    VariantNotInCount.code: 422,
     IdempotencyKeyReused.code: 422,
     InvalidQuantity.code: 422,
     InvalidExpiry.code: 422,
@@ -155,7 +167,34 @@ def details_of(error: DomainError) -> Any:
             "current": [{"variantId": v, "version": n} for v, n in error.current.items()]
         }
     if isinstance(error, CountBelowReserved):
-        return {"variantId": error.variant_id, "counted": error.counted, "reserved": error.reserved}
+        found = {"variantId": error.variant_id, "counted": error.counted, "reserved": error.reserved}
+        if error.on_hand_after is not None:
+            found["onHandAfter"] = error.on_hand_after
+        return found
+    if isinstance(error, UnknownCount | NothingCounted):
+        return {"countId": error.count_id}
+    if isinstance(error, CountClosed):
+        return {"countId": error.count_id, "status": error.status}
+    if isinstance(error, VariantNotInCount):
+        return {"countId": error.count_id, "variantIds": list(error.variant_ids)}
+    if isinstance(error, CountOverlap):
+        return {
+            "counts": [{"variantId": v, "countId": c} for v, c in error.open_counts.items()]
+        }
+    if isinstance(error, ApprovalRequired):
+        return {
+            "countId": error.count_id,
+            "lines": [
+                {
+                    "variantId": line.variant_id,
+                    "counted": line.counted,
+                    "expected": line.expected,
+                    "variance": line.variance,
+                    "tolerancePercent": line.tolerance_percent,
+                }
+                for line in error.lines
+            ],
+        }
     if isinstance(error, ReservationClosed):
         return {
             "reservations": [
