@@ -23,7 +23,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service import metrics
-from service.adapters.kafka import kafka_client_options
+from service.adapters.database import OutageLog, describe
+from service.adapters.kafka import BROKER_UNREACHABLE_ERRORS, broker_watch, kafka_client_options
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,11 @@ class StockChangeFeed:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.tailing = asyncio.Event()
+        #: Interruptions other than the broker being away (which its own lines report).
+        self.interruption = OutageLog(
+            "the stock change feed", down="interrupted", up="tailing again", logger=log
+        )
+        self._tailed_before = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="stock-change-feed")
@@ -162,7 +168,11 @@ class StockChangeFeed:
                 # subscriber (as if it were too slow) so it reconnects and re-reads.
                 for subscription in list(self._subscriptions):
                     subscription.lose()
-                log.warning("stock change feed interrupted (%s); retry in %.1fs", error, backoff)
+                if isinstance(error, BROKER_UNREACHABLE_ERRORS):
+                    broker_watch.failed(f"stock change feed: {describe(error)}")
+                else:
+                    self.interruption.failed(describe(error))
+                log.debug("stock change feed interrupted (%s); retry in %.1fs", error, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_backoff_seconds)
 
@@ -189,7 +199,17 @@ class StockChangeFeed:
             for tp in assigned:
                 await consumer.position(tp)  # resolve "the end" now, not at first fetch
             self.tailing.set()
-            log.info("stock change feed tailing %s (%d partitions)", self.topic, len(assigned))
+            if self.interruption.first_failure is not None:
+                self.interruption.recovered()
+            if broker_watch.outage.first_failure is not None:
+                broker_watch.answered()
+            log.log(
+                logging.DEBUG if self._tailed_before else logging.INFO,
+                "stock change feed tailing %s (%d partitions)",
+                self.topic,
+                len(assigned),
+            )
+            self._tailed_before = True
             async for record in consumer:
                 change = _parse(record.value)
                 if change is None:

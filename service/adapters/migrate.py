@@ -69,7 +69,7 @@ async def refuse_outdated_schema(engine: AsyncEngine, *, max_backoff: float = 5.
     worker restarted during an outage starts when it returns instead of crash-looping."""
     problem = await retry_transient(
         lambda: schema_problem(engine),
-        what="schema check at start (waiting for the database)",
+        what="schema check at start",
         max_backoff=max_backoff,
     )
     if problem is not None:

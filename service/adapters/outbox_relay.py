@@ -20,11 +20,19 @@ import time
 from typing import Any
 
 import asyncpg
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 from service import failpoints, metrics
-from service.adapters.database import asyncpg_dsn, is_transient
+from service.adapters.database import (
+    OutageLog,
+    asyncpg_dsn,
+    database_outage,
+    describe,
+    is_transient,
+    is_unreachable,
+)
+from service.adapters.kafka import BROKER_UNREACHABLE_ERRORS, broker_watch
 from service.adapters.tables import OUTBOX_CHANNEL
 from service.outbound import decode_headers
 from service.settings import Settings
@@ -50,6 +58,13 @@ _FETCH = """
 _MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
 _PARK = "UPDATE outbox SET published_at = now(), publish_error = $2 WHERE id = $1"
 _PURGE = "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)"
+
+
+def _passing(error: KafkaError) -> bool:
+    """Sent again later rather than parked: the broker may take it then. aiokafka marks
+    KafkaTimeoutError (no room or no answer in time, as while the broker is away)
+    not retriable, but it says nothing about the record."""
+    return bool(error.retriable) or isinstance(error, KafkaTimeoutError)
 
 
 async def _delivery_error(future: asyncio.Future[Any]) -> KafkaError | None:
@@ -86,11 +101,17 @@ class OutboxRelay:
         self.published_total = 0
         self.parked_total = 0
         self.is_leader = False
+        self._led_before = False
         self._wake = asyncio.Event()
         self._partitions: dict[str, list[int]] = {}
         self._partition_by_key: dict[tuple[str, bytes], int] = {}
         self._partitioner = DefaultPartitioner()
         self._max_message_bytes: int = getattr(producer, "_max_request_size", 1_048_576)
+        #: Interruptions for a passing reason other than an outage (which the database's
+        #: and the broker's own lines report): one line when they start, one when done.
+        self.interruption = OutageLog(
+            "the outbox relay", down="interrupted", up="publishing again", logger=log
+        )
 
     async def run_forever(self) -> None:
         backoff = self.settings.retry_initial_backoff_seconds
@@ -101,19 +122,30 @@ class OutboxRelay:
                 raise
             except Exception as error:
                 self.is_leader = False
-                level = logging.WARNING if is_transient(error) else logging.ERROR
-                log.log(
-                    level,
-                    "outbox relay interrupted (%s: %s); retry in %.1fs",
-                    type(error).__name__,
-                    error,
-                    backoff,
-                    exc_info=level == logging.ERROR,
-                )
+                self._interrupted(error, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_backoff_seconds)
             else:
                 backoff = self.settings.retry_initial_backoff_seconds
+
+    def _interrupted(self, error: Exception, backoff: float) -> None:
+        """Says why publishing stopped, once per outage rather than once per retry."""
+        detail = f"outbox relay: {describe(error)}"
+        if is_unreachable(error):
+            database_outage.failed(detail)
+        elif isinstance(error, BROKER_UNREACHABLE_ERRORS):
+            broker_watch.failed(detail)
+        elif is_transient(error) or (isinstance(error, KafkaError) and _passing(error)):
+            self.interruption.failed(describe(error))
+        else:
+            log.error(
+                "outbox relay interrupted (%s); retry in %.1fs",
+                describe(error),
+                backoff,
+                exc_info=error,
+            )
+            return
+        log.debug("outbox relay interrupted (%s); retry in %.1fs", describe(error), backoff)
 
     async def _lead(self) -> None:
         conn = await asyncpg.connect(
@@ -123,17 +155,31 @@ class OutboxRelay:
             command_timeout=60,
             server_settings=_LEADER_SESSION_SETTINGS,
         )
+        if database_outage.first_failure is not None:
+            database_outage.recovered()
         try:
+            waited = False
             # Polling is the point: the lock frees when the leader's session ends.
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):  # noqa: ASYNC110
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                waited = True
                 await asyncio.sleep(self.settings.outbox_poll_interval_seconds)
             self.is_leader = True
-            log.info("outbox relay: this worker is the leader")
+            # Said when it starts leading, not each time it takes its lock straight back
+            # after an interruption (which the outage lines report).
+            log.log(
+                logging.INFO if waited or not self._led_before else logging.DEBUG,
+                "outbox relay: this worker is the leader",
+            )
+            self._led_before = True
             await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
             rounds = 0
             while True:
                 self._wake.clear()
                 published = await self.publish_pending(conn)
+                if self.interruption.first_failure is not None:
+                    self.interruption.recovered()
+                if published and broker_watch.outage.first_failure is not None:
+                    broker_watch.answered()  # it took what was sent
                 rounds += 1
                 if rounds % 1000 == 0:
                     await conn.execute(_PURGE, self.settings.outbox_retention_hours * 3600)
@@ -180,7 +226,7 @@ class OutboxRelay:
         for row_id, error in outcomes.items():
             if error is None:
                 continue
-            if error.retriable:
+            if _passing(error):
                 passing_failure = error
             else:
                 log.error("outbox row %d refused by Kafka for good, parked: %r", row_id, error)
@@ -248,7 +294,7 @@ class OutboxRelay:
                 delivery = await self.producer.send_batch(batch, topic, partition=partition)
                 await delivery
             except KafkaError as error:
-                if error.retriable:
+                if _passing(error):
                     for row in members:
                         outcomes[row["id"]] = error
                     return
@@ -256,7 +302,7 @@ class OutboxRelay:
                 for row in members:
                     failure = await self._send_one(row, partition)
                     outcomes[row["id"]] = failure
-                    if failure is not None and failure.retriable:
+                    if failure is not None and _passing(failure):
                         return
             else:
                 for row in members:

@@ -3,6 +3,11 @@
 Offsets are committed only after the batch's database transaction commits:
 the subscriber acknowledges (commits) when the handler returns, and rewinds
 (`NACK_ON_ERROR`) if it raises, so an unhandled failure is consumed again, not lost.
+
+A stop takes at most STOCK_SHUTDOWN_GRACE_SECONDS: the batch in hand gets all of it
+but a reserve for leaving the group, flushing the relay's producer and closing the
+pools. A batch waiting for an unreachable database is abandoned at once (it cannot
+commit); an abandoned batch is rewound, uncommitted, and redelivered after the restart.
 """
 
 from __future__ import annotations
@@ -11,14 +16,23 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from aiokafka import TopicPartition
 from faststream import AckPolicy, Context
+from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker
 
-from service.adapters.database import create_engine
-from service.adapters.kafka import create_producer, ensure_topics, kafka_security, wait_for_broker
+from service.adapters.database import create_engine, database_outage, describe, watch_database
+from service.adapters.kafka import (
+    broker_watch,
+    create_producer,
+    ensure_topics,
+    kafka_security,
+    stop_producer,
+    wait_for_broker,
+)
 from service.adapters.migrate import refuse_outdated_schema
 from service.adapters.outbox_relay import OutboxRelay
 from service.application.consume import BatchConsumer
@@ -26,6 +40,59 @@ from service.application.expiry import HoldSweeper
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Of the grace period, what the batch in hand leaves for the rest of the stop
+#: (at most a quarter of it).
+STOP_RESERVE_SECONDS = 3.0
+
+
+async def within(work: Awaitable[Any], seconds: float, what: str) -> bool:
+    """Wait up to `seconds` for `work`; past that, cancel it and say so. An error it
+    ends with is logged in one line, not raised: a stop goes on with the next part."""
+    future = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({future}, timeout=max(seconds, 0.0))
+    if not done:
+        future.cancel()
+        await asyncio.wait({future}, timeout=1.0)
+        log.warning("gave up waiting for %s to stop (no time left of the grace period)", what)
+        return False
+    error = None if future.cancelled() else future.exception()
+    if error is not None:
+        log.warning("%s stopped with an error (%s)", what, describe(error))
+    return True
+
+
+class BatchInHand:
+    """The batch the subscriber's handler is working on, so that a stop can abandon it.
+
+    Abandoning cancels the handler and turns the cancellation into a nack: FastStream
+    rewinds the batch's partitions (nothing is committed) and logs no traceback.
+    """
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.abandoned = False
+        #: Set by a stop: a batch that comes now is not started (rewound, not committed).
+        self.stopping = False
+
+    async def handle(self, consumer: Any, records: Any) -> Any:
+        if self.stopping:
+            raise NackMessage()
+        task = asyncio.current_task()
+        self.task = task
+        try:
+            return await consumer.handle(records)
+        except asyncio.CancelledError:
+            if self.abandoned and task is not None and task.uncancel() == 0:
+                raise NackMessage() from None
+            raise
+        finally:
+            self.task = None
+
+    def abandon(self) -> None:
+        if self.task is not None and not self.abandoned:
+            self.abandoned = True
+            self.task.cancel()
 
 
 async def _tolerant_batch_parser(records: tuple[Any, ...], original_parser: Any) -> Any:
@@ -46,7 +113,10 @@ async def _raw_decoder(message: Any, original_decoder: Any) -> Any:
     return None
 
 
-def build_broker(settings: Settings, consumer: BatchConsumer) -> KafkaBroker:
+def build_broker(
+    settings: Settings, consumer: BatchConsumer, in_hand: BatchInHand | None = None
+) -> KafkaBroker:
+    batches = in_hand or BatchInHand()
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=settings.kafka_client_id,
@@ -54,7 +124,8 @@ def build_broker(settings: Settings, consumer: BatchConsumer) -> KafkaBroker:
         security=kafka_security(settings),
         log_level=logging.DEBUG,  # one line per batch at INFO is noise at this rate
         # On stop, the batch in hand gets this long to commit before it is cancelled
-        # (uncommitted, so redelivered to whoever takes the partition).
+        # (uncommitted, so redelivered to whoever takes the partition); Worker.stop
+        # abandons it sooner, within the same grace period.
         graceful_timeout=settings.shutdown_grace_seconds,
     )
 
@@ -78,7 +149,7 @@ def build_broker(settings: Settings, consumer: BatchConsumer) -> KafkaBroker:
         description="Order and payment events: reserve, confirm, release, return stock.",
     )
     async def consume_batch(body: Any, message: Any = Context("message")) -> None:
-        await consumer.handle(message.raw_message)
+        await batches.handle(consumer, message.raw_message)
 
     return broker
 
@@ -89,29 +160,41 @@ class Worker:
     def __init__(self, settings: Settings, *, sweep: bool = True, relay: bool = True) -> None:
         self.settings = settings
         self.engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+        watch_database(settings.database_url)
         self.consumer = BatchConsumer(self.engine, settings)
         self.sweeper = HoldSweeper(self.engine, settings)
         self.producer: Any = None  # aiokafka wants a running loop: made in start()
         self.relay: OutboxRelay | None = None
-        self.broker = build_broker(settings, self.consumer)
+        self.in_hand = BatchInHand()
+        self.broker = build_broker(settings, self.consumer, self.in_hand)
         [self.subscriber] = self.broker.subscribers
         self._sweep = sweep
         self._relay = relay
         self._tasks: list[asyncio.Task[None]] = []
+        #: What start() is doing now, for the line of a stop that interrupts it.
+        self.starting = "starting the worker"
 
     async def start(self) -> None:
+        broker_at = f"the Kafka broker at {self.settings.kafka_bootstrap_servers}"
+        self.starting = f"waiting for {database_outage.subject}"
         await self._check_schema()
+        self.starting = f"waiting for {broker_at}"
         await wait_for_broker(self.settings)
         if self.settings.kafka_create_topics:
+            self.starting = f"creating topics on {broker_at}"
             await ensure_topics(self.settings)
         if self._relay:
+            self.starting = f"connecting the outbox relay to {broker_at}"
             self.producer = create_producer(self.settings)
             await self.producer.start()
             self.relay = OutboxRelay(self.settings, self.producer)
             self._tasks.append(asyncio.create_task(self.relay.run_forever(), name="outbox-relay"))
         if self._sweep:
             self._tasks.append(asyncio.create_task(self.sweeper.run_forever(), name="sweeper"))
+        group = self.settings.kafka_group_id
+        self.starting = f"joining the consumer group {group!r} on {broker_at}"
         await self.broker.start()
+        self.starting = "started"
         log.info(
             "worker consuming %s as group %r from %s",
             ", ".join(self.settings.consumed_topics),
@@ -119,18 +202,76 @@ class Worker:
             self.settings.kafka_bootstrap_servers,
         )
 
-    async def stop(self) -> None:
-        await self.broker.stop()
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops what started, safe after a start that failed or was cancelled half-way,
+        in at most `grace` seconds (default STOCK_SHUTDOWN_GRACE_SECONDS)."""
+        loop = asyncio.get_running_loop()
+        budget = self.settings.shutdown_grace_seconds if grace is None else grace
+        deadline = loop.time() + budget
+        # FastStream stops taking batches, waits for the one in hand, leaves the group.
+        self.in_hand.stopping = True
+        consumer_stopping = asyncio.ensure_future(self.broker.stop())
+        await self._settle_batch_in_hand(
+            consumer_stopping, deadline - min(STOP_RESERVE_SECONDS, budget / 4)
+        )
+        await within(consumer_stopping, deadline - loop.time(), "the Kafka consumer")
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=max(deadline - loop.time(), 0.1))
         self._tasks.clear()
         if self.producer is not None:
-            await self.producer.stop()
+            await stop_producer(self.producer, deadline - loop.time())
             self.producer = None
-        await self.engine.dispose()
+        await within(self.engine.dispose(), deadline - loop.time(), "the database pool")
+
+    async def _settle_batch_in_hand(
+        self, consumer_stopping: asyncio.Future[Any], until: float
+    ) -> None:
+        """Let the batch in hand commit until `until`; abandon it sooner if it waits for
+        an unreachable database. Past `until`, whatever still holds the subscriber (an
+        offset commit to a broker that is away) is cancelled."""
+        loop = asyncio.get_running_loop()
+        while not consumer_stopping.done():
+            if self.in_hand.task is not None and not self.in_hand.abandoned:
+                if database_outage.is_out:
+                    log.warning(
+                        "abandoning the batch in hand: it waits for %s; uncommitted, it is "
+                        "delivered again after the restart",
+                        database_outage.subject,
+                    )
+                    self.in_hand.abandon()
+                elif loop.time() >= until:
+                    log.warning(
+                        "abandoning the batch in hand: not committed within the grace period; "
+                        "uncommitted, it is delivered again after the restart"
+                    )
+                    self.in_hand.abandon()
+            acknowledging = self.in_hand.task is None and not self._subscriber_idle()
+            if acknowledging and broker_watch.outage.is_out:
+                # The batch is applied; its offsets cannot be committed to a broker that
+                # is away. Redelivered after the restart, it is recognised as done.
+                log.warning(
+                    "not waiting to commit the last batch's offsets: %s; the batch is "
+                    "delivered again after the restart (and recognised as applied)",
+                    f"{broker_watch.outage.subject} is unreachable",
+                )
+                self._cancel_subscriber_tasks()
+                return
+            if loop.time() >= until:
+                if acknowledging:
+                    self._cancel_subscriber_tasks()
+                return
+            await asyncio.wait({consumer_stopping}, timeout=0.1)
+
+    def _subscriber_idle(self) -> bool:
+        """No batch between fetch and offset commit (FastStream holds a lock meanwhile)."""
+        lock = getattr(self.subscriber, "lock", None)
+        return bool(getattr(lock, "empty", True))
+
+    def _cancel_subscriber_tasks(self) -> None:
+        for task in list(getattr(self.subscriber, "tasks", ())):
+            task.cancel()
 
     async def _check_schema(self) -> None:
         await refuse_outdated_schema(self.engine)
