@@ -85,6 +85,16 @@ Index(
     orders.c.expires_at,
     postgresql_where=orders.c.phase == "RESERVED",
 )
+#: Phases in which an order holds no stock: the ones retention may delete (by its rules).
+FINISHED_PHASES = ("REJECTED", "CONFIRMED", "RELEASED", "EXPIRED", "RETURNED", "CONFIRM_FAILED")
+# Retention's question (finished orders of a phase, oldest first); RESERVED and
+# PENDING rows, the hot path's, are not in it.
+Index(
+    "orders_finished_updated_at",
+    orders.c.phase,
+    orders.c.updated_at,
+    postgresql_where=orders.c.phase.in_(FINISHED_PHASES),
+)
 
 order_lines = Table(
     "order_lines",
@@ -126,6 +136,8 @@ processed_events = Table(
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("source", "event_id"),
 )
+# Retention's batches, oldest first (service/application/retention.py).
+Index("processed_events_processed_at", processed_events.c.processed_at)
 
 dead_letters = Table(
     "dead_letters",
@@ -138,6 +150,7 @@ dead_letters = Table(
     Column("dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("topic", "partition", "offset", "record_timestamp"),
 )
+Index("dead_letters_dead_lettered_at", dead_letters.c.dead_lettered_at)
 
 outbox = Table(
     "outbox",
@@ -216,6 +229,8 @@ job_runs = Table(
     Column("outcome", Text, nullable=False),
     Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("runner", Text, nullable=False),
+    #: When the job last finished well (kept while later runs fail).
+    Column("last_succeeded_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("outcome IN ('running', 'succeeded', 'failed')", name="job_outcome_known"),
 )
 

@@ -110,12 +110,36 @@ UPGRADE = [
         outcome text NOT NULL,
         detail jsonb NOT NULL DEFAULT '{}'::jsonb,
         runner text NOT NULL,
+        last_succeeded_at timestamptz,
         CONSTRAINT job_outcome_known CHECK (outcome IN ('running', 'succeeded', 'failed'))
     )
+    """,
+    # Retention (service/application/retention.py): each prune batch finds its oldest
+    # rows from an index instead of a scan. Finished orders only, by phase: the hot
+    # path's RESERVED and PENDING rows are not in it.
+    """
+    CREATE INDEX processed_events_processed_at ON processed_events (processed_at)
+    """,
+    """
+    CREATE INDEX dead_letters_dead_lettered_at ON dead_letters (dead_lettered_at)
+    """,
+    """
+    CREATE INDEX orders_finished_updated_at ON orders (phase, updated_at)
+        WHERE phase IN ('REJECTED', 'CONFIRMED', 'RELEASED', 'EXPIRED', 'RETURNED',
+                        'CONFIRM_FAILED')
     """,
 ]
 
 DOWNGRADE = [
+    """
+    DROP INDEX orders_finished_updated_at
+    """,
+    """
+    DROP INDEX dead_letters_dead_lettered_at
+    """,
+    """
+    DROP INDEX processed_events_processed_at
+    """,
     """
     DROP TABLE job_runs
     """,
