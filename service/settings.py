@@ -136,6 +136,26 @@ class Settings(BaseSettings):
     outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_retention_hours: float = Field(default=24.0, ge=0)
 
+    #: Retention: `stock prune` and the daily `prune` job delete rows older than these,
+    #: in batches of `retention_batch_size` (service/application/retention.py, whose
+    #: docstring says why each default is what it is). 0 keeps the rows for ever.
+    #: Consumed event ids must outlive the input topics' Kafka retention (7 days by
+    #: default): an event Kafka can still redeliver must still be known.
+    retention_processed_events_days: float = Field(default=8.0, ge=0)
+    retention_dead_letters_days: float = Field(default=30.0, ge=0)
+    #: REJECTED, RELEASED, EXPIRED, RETURNED and CONFIRM_FAILED orders, by their last change.
+    retention_orders_days: float = Field(default=30.0, ge=0)
+    #: CONFIRMED orders: a cancellation returns their stock for as long as they are kept.
+    retention_confirmed_orders_days: float = Field(default=365.0, ge=0)
+    retention_batch_size: int = Field(default=1000, ge=1)
+
+    #: The in-process scheduler of maintenance jobs (one worker runs each job per
+    #: period); false for operators who run `stock prune` and `stock reconcile` as
+    #: Kubernetes CronJobs instead.
+    jobs_enabled: bool = True
+    job_prune_interval_hours: float = Field(default=24.0, gt=0)
+    job_reconcile_interval_hours: float = Field(default=168.0, gt=0)
+
     #: Backoff while the database is unreachable: doubles up to the maximum.
     retry_initial_backoff_seconds: float = Field(default=0.1, gt=0)
     retry_max_backoff_seconds: float = Field(default=5.0, gt=0)
