@@ -45,7 +45,9 @@ OUTBOX_PUBLISH_SECONDS = Histogram(
     "From the commit that wrote an outbox row to Kafka's acknowledgement of it.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-DEAD_LETTERS = Gauge("stock_dead_letters", "Records ever dead-lettered (rows of dead_letters).")
+DEAD_LETTERS = Gauge(
+    "stock_dead_letters", "Dead-lettered records kept (rows of dead_letters, pruned by age)."
+)
 RESERVATIONS = Gauge("stock_reservations", "Orders by reservation status.", ["status"])
 DB_FIGURES_READ_AT = Gauge(
     "stock_db_figures_read_timestamp_seconds",
@@ -65,4 +67,20 @@ STREAM_CLIENTS = Gauge("stock_stream_clients", "Open /api/inventory/stream conne
 STREAM_DROPPED = Counter(
     "stock_stream_clients_dropped",
     "Stream clients cut off because they fell behind (or the feed reconnected).",
+)
+# Scheduled jobs (service/application/jobs.py). The last run's figures are read from
+# job_runs by every scheduler, so each worker shows the run whichever worker made it.
+JOB_RUNS = Counter(
+    "stock_job_runs", "Scheduled job runs made by this process, by outcome.", ["job", "outcome"]
+)
+JOB_LAST_SUCCESS = Gauge(
+    "stock_job_last_success_timestamp_seconds",
+    "When each job last finished well (any worker; 0: never).",
+    ["job"],
+)
+JOB_LAST_DURATION = Gauge(
+    "stock_job_last_duration_seconds", "How long each job's last finished run took.", ["job"]
+)
+PRUNED_ROWS = Counter(
+    "stock_pruned_rows", "Rows deleted by retention (stock prune, the prune job).", ["table"]
 )
