@@ -231,7 +231,7 @@ class ApprovalRequired(DomainError):
         super().__init__(
             f"count {count_id!r} has {len(lines)} line{'s' if len(lines) > 1 else ''} out of "
             f"tolerance: {listed}; an admin applies {'them' if len(lines) > 1 else 'it'} with "
-            "approve: true; nothing was applied"
+            "approve: true (stock count apply --approve); nothing was applied"
         )
         self.count_id = count_id
         self.lines = lines

@@ -147,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--seconds", type=float, help="stop after this long (default: never)")
     tail.set_defaults(handler=_tail)
 
+    from service.entrypoints.cli_counts import add_count_commands
+
+    add_count_commands(commands)
+
     from service.entrypoints.cli_reconcile import add_reconcile_command
 
     add_reconcile_command(commands)

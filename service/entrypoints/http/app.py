@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from service.entrypoints.asyncapi import package_version
-from service.entrypoints.http import inventory, operations, reconciliation, stream
+from service.entrypoints.http import counts, inventory, operations, reconciliation, stream
 from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.middleware import BodySizeLimit, Contain, Cors, Observe
 from service.entrypoints.http.services import ApiServices
@@ -33,6 +33,7 @@ def create_app(services: ApiServices) -> FastAPI:
         (inventory.reads, "/api/inventory", "inventory"),
         (inventory.writes, "/api/inventory", "inventory"),
         (stream.router, "/api/inventory", "inventory"),
+        (counts.router, "/api/inventory", "counts"),
         (reconciliation.router, "/api/inventory", "reconciliation"),
         (operations.router, "", "operations"),
     ):

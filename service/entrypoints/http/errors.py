@@ -167,10 +167,14 @@ def details_of(error: DomainError) -> Any:
             "current": [{"variantId": v, "version": n} for v, n in error.current.items()]
         }
     if isinstance(error, CountBelowReserved):
-        found = {"variantId": error.variant_id, "counted": error.counted, "reserved": error.reserved}
+        below = {
+            "variantId": error.variant_id,
+            "counted": error.counted,
+            "reserved": error.reserved,
+        }
         if error.on_hand_after is not None:
-            found["onHandAfter"] = error.on_hand_after
-        return found
+            below["onHandAfter"] = error.on_hand_after
+        return below
     if isinstance(error, UnknownCount | NothingCounted):
         return {"countId": error.count_id}
     if isinstance(error, CountClosed):
