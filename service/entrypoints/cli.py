@@ -154,6 +154,10 @@ def _parser() -> argparse.ArgumentParser:
     from service.entrypoints.cli_reconcile import add_reconcile_command
 
     add_reconcile_command(commands)
+
+    from service.entrypoints.cli_jobs import add_jobs_commands
+
+    add_jobs_commands(commands)
     return parser
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from service.config_errors import describe_database_error
-from service.entrypoints.cli import _say, cli_actor
+from service.entrypoints.cli import _add_actor_option, _say, cli_actor
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -60,6 +60,7 @@ def add_jobs_commands(commands: Any) -> None:
     run = actions.add_parser("run", help="run a job now")
     run.add_argument("name", choices=sorted(JOBS), help="the job")
     run.add_argument("--json", action="store_true", help="the run as JSON")
+    _add_actor_option(run)
     run.set_defaults(handler=_run_job)
 
 
@@ -114,15 +115,16 @@ def _print_prune(report: dict[str, Any]) -> None:
             for phase, part in table["phases"].items():
                 print(f"    {phase}: {part['deleted']} {_kept(part)}")
             continue
-        print(f"  {name}: {table['deleted']} {_kept(table)}")
+        print(f"  {name}: {table['deleted']} {_kept(table, hours=name == 'outbox')}")
 
 
-def _kept(table: dict[str, Any]) -> str:
+def _kept(table: dict[str, Any], *, hours: bool = False) -> str:
+    """`hours`: as its setting says it (STOCK_OUTBOX_RETENTION_HOURS)."""
     days = table["retentionDays"]
     if days is None:
         return "(kept for ever)"
     age = timedelta(days=days)
-    if age % timedelta(days=1):
+    if hours or age % timedelta(days=1):
         words = f"{age / timedelta(hours=1):g} hours"
     else:
         words = f"{age.days} day{'s' if age.days != 1 else ''}"

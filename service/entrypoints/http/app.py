@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from service.entrypoints.asyncapi import package_version
 from service.entrypoints.http import counts, inventory, operations, reconciliation, stream
 from service.entrypoints.http.errors import install_error_handlers
+from service.entrypoints.http.jobs import router as jobs_router
 from service.entrypoints.http.middleware import BodySizeLimit, Contain, Cors, Observe
 from service.entrypoints.http.services import ApiServices
 
@@ -35,6 +36,7 @@ def create_app(services: ApiServices) -> FastAPI:
         (stream.router, "/api/inventory", "inventory"),
         (counts.router, "/api/inventory", "counts"),
         (reconciliation.router, "/api/inventory", "reconciliation"),
+        (jobs_router, "/api/inventory", "operations"),
         (operations.router, "", "operations"),
     ):
         app.include_router(router, prefix=prefix, tags=[tag])
