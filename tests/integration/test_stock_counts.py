@@ -8,6 +8,7 @@ Expectations are read back with plain SQL (`Scenario`), not the service's querie
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from stock_schemas.events import MAX_QUANTITY
 
@@ -120,8 +122,6 @@ async def _everything(s: Scenario) -> dict[str, Any]:
     }
     found: dict[str, Any] = {}
     async with s.engine.connect() as conn:
-        from sqlalchemy import text
-
         for name, sql in tables.items():
             found[name] = [tuple(row) for row in await conn.execute(text(sql))]
     return found
@@ -463,6 +463,19 @@ async def test_reads_need_a_token_when_reads_require_one(engine, scoped, s) -> N
         assert (await http.get(f"{API}/counts/{count_id}")).status_code == 401
         shown = await http.get(f"{API}/counts/{count_id}", headers=bearer(READER))
         assert shown.status_code == 200 and shown.json()["countId"] == count_id
+
+
+async def test_two_counts_opened_at_once_for_one_variant_cannot_both_open(http, s) -> None:
+    await _stock(s, "rugs", ("rug", 6), ("mat", 6))
+    answers = await asyncio.gather(
+        *(
+            http.post(f"{API}/counts", json={"variantIds": ["mat", "rug"]}, headers=W)
+            for _ in range(4)
+        )
+    )
+    assert sorted(a.status_code for a in answers) == [201, 409, 409, 409]
+    assert {a.json()["code"] for a in answers if a.status_code == 409} == {"count_overlap"}
+    assert await s.scalar("SELECT count(*) FROM stock_counts") == 1
 
 
 # ---------------------------------------------------------------------- CLI
