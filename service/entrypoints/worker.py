@@ -37,6 +37,7 @@ from service.adapters.migrate import refuse_outdated_schema
 from service.adapters.outbox_relay import OutboxRelay
 from service.application.consume import BatchConsumer
 from service.application.expiry import HoldSweeper
+from service.application.jobs import JobScheduler
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,8 @@ class Worker:
         watch_database(settings.database_url)
         self.consumer = BatchConsumer(self.engine, settings)
         self.sweeper = HoldSweeper(self.engine, settings)
+        #: Maintenance jobs (prune, reconcile), leader-elected; off with STOCK_JOBS_ENABLED=false.
+        self.scheduler = JobScheduler(self.engine, settings) if settings.jobs_enabled else None
         self.producer: Any = None  # aiokafka wants a running loop: made in start()
         self.relay: OutboxRelay | None = None
         self.in_hand = BatchInHand()
@@ -191,6 +194,8 @@ class Worker:
             self._tasks.append(asyncio.create_task(self.relay.run_forever(), name="outbox-relay"))
         if self._sweep:
             self._tasks.append(asyncio.create_task(self.sweeper.run_forever(), name="sweeper"))
+        if self.scheduler is not None:
+            self._tasks.append(asyncio.create_task(self.scheduler.run_forever(), name="jobs"))
         group = self.settings.kafka_group_id
         self.starting = f"joining the consumer group {group!r} on {broker_at}"
         await self.broker.start()

@@ -324,3 +324,37 @@ async def test_stock_prune_without_a_database_says_so(database_url) -> None:
     assert code == 2
     assert "stock prune: cannot reach postgresql://postgres@127.0.0.1:1/nowhere" in err, err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ in the worker
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["jobs-enabled", "jobs-disabled"])
+async def test_stock_jobs_enabled_decides_whether_a_worker_runs_the_scheduler(
+    engine, kafka_settings, enabled
+) -> None:
+    from service.entrypoints.worker import Worker
+
+    settings = kafka_settings.model_copy(update={"jobs_enabled": enabled})
+    worker = Worker(settings, sweep=False, relay=False)
+    await worker.start()
+    try:
+        tasks = {task.get_name() for task in worker._tasks}
+        if enabled:
+            assert worker.scheduler is not None and "jobs" in tasks
+            for _ in range(50):
+                if worker.scheduler.running:
+                    break
+                await asyncio.sleep(0.05)
+        else:
+            assert worker.scheduler is None and "jobs" not in tasks
+        app = create_app(ApiServices.build(settings, engine, worker))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://stock"
+        ) as http:
+            body = (await http.get("/api/inventory/jobs")).json()
+        assert (body["schedulerEnabled"], body["schedulerRunning"]) == (enabled, enabled)
+    finally:
+        await worker.stop()
+    if enabled:
+        assert worker.scheduler is not None and not worker.scheduler.running

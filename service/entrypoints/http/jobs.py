@@ -87,7 +87,7 @@ async def jobs(svc: Services) -> JobsAnswer:
         max_backoff=svc.settings.retry_max_backoff_seconds,
         give_up_after=svc.settings.http_database_timeout_seconds,
     )
-    scheduler = getattr(svc.worker, "scheduler", None)
+    scheduler = svc.worker.scheduler if svc.worker is not None else None
     return JobsAnswer(
         scheduler_enabled=svc.settings.jobs_enabled,
         scheduler_running=bool(scheduler is not None and scheduler.running),
