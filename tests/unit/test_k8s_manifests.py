@@ -8,6 +8,7 @@ are checked against service/settings.py: real STOCK_* names, values it accepts.
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 from functools import cache
@@ -18,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service.entrypoints.cli import _parser
 from service.settings import Settings
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
@@ -76,12 +78,20 @@ def _workloads() -> dict[str, dict[str, Any]]:
     return {
         f"{doc['kind']}/{doc['metadata']['name']}": doc
         for _, doc in _documents()
-        if doc["kind"] in {"Deployment", "Job"}
+        if doc["kind"] in {"Deployment", "Job", "CronJob"}
     }
 
 
+def _template(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod template: a CronJob's is inside its Job template."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return dict(spec["template"])
+
+
 def _container(workload: dict[str, Any]) -> dict[str, Any]:
-    [container] = workload["spec"]["template"]["spec"]["containers"]
+    [container] = _template(workload)["spec"]["containers"]
     return dict(container)
 
 
@@ -122,6 +132,8 @@ def test_the_expected_objects_are_there() -> None:
     kinds = sorted(f"{doc['kind']}/{doc['metadata']['name']}" for _, doc in _documents())
     assert kinds == [
         "ConfigMap/stock-config",
+        "CronJob/stock-prune",
+        "CronJob/stock-reconcile",
         "Deployment/stock-api",
         "Deployment/stock-worker",
         "Job/stock-migrate",
@@ -172,7 +184,7 @@ def test_secrets_are_in_the_secret_and_are_placeholders() -> None:
 @pytest.mark.parametrize("workload", sorted(_workloads()))
 def test_every_pod_is_hardened_and_configured(workload: str) -> None:
     doc = _workloads()[workload]
-    pod = doc["spec"]["template"]["spec"]
+    pod = _template(doc)["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -198,7 +210,7 @@ def test_every_pod_is_hardened_and_configured(workload: str) -> None:
 @pytest.mark.parametrize("workload", sorted(_workloads()))
 def test_selectors_match_their_pod_templates(workload: str) -> None:
     doc = _workloads()[workload]
-    labels = doc["spec"]["template"]["metadata"]["labels"]
+    labels = _template(doc)["metadata"]["labels"]
     if doc["kind"] == "Deployment":
         assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
@@ -207,6 +219,16 @@ def test_each_workload_runs_its_command() -> None:
     assert _container(_one("Deployment", "stock-worker"))["args"] == ["run"]
     assert _container(_one("Deployment", "stock-api"))["args"] == ["api"]
     assert _container(_one("Job", "stock-migrate"))["args"] == ["migrate"]
+    assert _container(_one("CronJob", "stock-prune"))["args"] == ["prune"]
+    assert _container(_one("CronJob", "stock-reconcile"))["args"] == ["reconcile"]
+    commands = {
+        name
+        for action in _parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    }
+    for workload in _workloads().values():
+        assert _container(workload)["args"][0] in commands
 
 
 @pytest.mark.parametrize("name", ["stock-worker", "stock-api"])
@@ -280,3 +302,34 @@ def test_the_scaled_object_scales_the_workers_on_lag(settings: Settings) -> None
         assert metadata["offsetResetPolicy"] == "earliest"  # as the worker's consumer
         assert all(isinstance(value, str) for value in metadata.values()), metadata
         assert int(metadata["lagThreshold"]) > settings.batch_max_records
+
+
+def test_the_maintenance_cronjobs_run_daily_and_weekly_once_at_a_time() -> None:
+    prune, reconcile = _one("CronJob", "stock-prune"), _one("CronJob", "stock-reconcile")
+    minute, hour, day, month, weekday = prune["spec"]["schedule"].split()
+    assert (day, month, weekday) == ("*", "*", "*") and minute.isdigit() and hour.isdigit()
+    minute, hour, day, month, weekday = reconcile["spec"]["schedule"].split()
+    assert (day, month) == ("*", "*") and weekday.isdigit()
+    for cronjob in (prune, reconcile):
+        spec = cronjob["spec"]
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["timeZone"] == "Etc/UTC"
+        job = spec["jobTemplate"]["spec"]
+        assert 0 < job["backoffLimit"] <= 10
+        assert job["ttlSecondsAfterFinished"] > 0 and job["activeDeadlineSeconds"] > 0
+        assert _template(cronjob)["spec"]["restartPolicy"] == "Never"
+    # Discrepancies found (exit 1) fail the Job at once: a retry would publish them again.
+    [rule] = reconcile["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"] == {
+        "containerName": _container(reconcile)["name"], "operator": "In", "values": [1]
+    }
+
+
+def test_either_the_workers_or_the_cronjobs_run_the_maintenance_jobs(settings: Settings) -> None:
+    """Not both (reconcile would run twice a week), not neither (nothing pruned)."""
+    for name in ("stock-prune", "stock-reconcile"):
+        suspended = _one("CronJob", name)["spec"].get("suspend", False)
+        assert suspended is settings.jobs_enabled, (
+            f"CronJob {name}: suspend={suspended} but STOCK_JOBS_ENABLED={settings.jobs_enabled}"
+        )
