@@ -128,6 +128,27 @@ async def test_the_prune_job_runs_once_for_two_workers_and_records_what_it_delet
     assert row.detail["dryRun"] is False
 
 
+async def test_the_reconcile_job_records_its_run_and_what_it_found(engine, settings) -> None:
+    s = Scenario(engine, settings)
+    await s.restock(("a", 10), ("b", 5))
+    run = await run_job(engine, settings, JOBS["reconcile"])
+    assert run is not None and run.outcome == "succeeded"
+    assert run.detail == {
+        "runId": run.detail["runId"], "checkedVariants": 2, "discrepancies": 0, "kinds": {}
+    }
+    actor = await s.scalar(
+        "SELECT actor FROM reconciliation_runs WHERE run_id = :r", r=run.detail["runId"]
+    )
+    assert actor == "stock-service"
+    # A change behind the service's back is found; the job itself still succeeded.
+    await s.execute("UPDATE variants SET on_hand = 11 WHERE variant_id = 'a'")
+    again = await run_job(engine, settings, JOBS["reconcile"], force=True)
+    assert again is not None and again.outcome == "succeeded"
+    assert again.detail["discrepancies"] == 1
+    assert again.detail["kinds"] == {"ledger_mismatch": 1}
+    assert (await job_row(s, "reconcile")).detail["discrepancies"] == 1
+
+
 async def test_a_failed_run_is_recorded_and_tried_again_an_hour_later(
     engine, settings
 ) -> None:
