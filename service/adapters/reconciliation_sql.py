@@ -5,14 +5,15 @@ order lines) is seen whole or not at all, and nothing is locked. The shape of th
 plan is the point (docs/reconciliation.md has it measured at 1,000,000 variants and
 20,000,000 audit rows):
 
-* the audit log is read once, sequentially, and aggregated per variant in a hash
-  table (count, first and last version, sum of `delta_on_hand`), never a correlated
-  subquery per variant, never a sort of the log;
-* the lines of RESERVED orders are summed per variant the same way (a small set:
-  holds last minutes);
-* both are hash-joined to `variants` with FULL joins, so a variant row deleted behind
-  the service's back (audit rows or held lines without a row) is found too: a missing
-  row reads as zeros.
+* the audit log is read in variant order from its unique index
+  `audit_log_variant_version (variant_id, version) INCLUDE (delta_on_hand)`, an
+  index-only scan, and aggregated one variant at a time as it streams past (count,
+  first and last version, sum of `delta_on_hand`): no hash table of every variant,
+  no sort, no read of the table itself, never a correlated subquery per variant;
+* that stream is merged with `variants` in key order; the lines of RESERVED orders
+  (a small set: holds last minutes) are summed per variant in a hash table;
+* the joins are FULL, so a variant row deleted behind the service's back (audit
+  rows or held lines without a row) is found too: a missing row reads as zeros.
 
 Only the variants with something wrong leave the join; each of them is then turned
 into one row per broken check (`kind`).
@@ -25,12 +26,11 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-#: Memory for the statement's hash tables, for its transaction only (`SET LOCAL`).
-#: The per-variant aggregate of the audit log holds one entry per variant; at
-#: 1,000,000 variants it needs about this much to stay in memory (the measurement
-#: in docs/reconciliation.md), and spills to temporary files, slower but correct,
-#: beyond it.
-WORK_MEM = "256MB"
+#: Memory for each sort or hash of the statement, for its transaction only (`SET
+#: LOCAL`). The audit log streams through in index order whatever this is; it is
+#: for the hash of the held lines and the join with `variants`, which the planner
+#: then keeps in memory at 1,000,000 variants (docs/reconciliation.md).
+WORK_MEM = "64MB"
 
 _SET_WORK_MEM = text(f"SET LOCAL work_mem = '{WORK_MEM}'")
 
@@ -57,7 +57,9 @@ FIND_DISCREPANCIES = text(
                min(version) AS first_version,
                max(version) AS last_version,
                sum(delta_on_hand) AS on_hand_moves
-        FROM audit_log
+        -- In index order: the planner then streams the index-only scan into a
+        -- GroupAggregate instead of building a hash table of every variant.
+        FROM (SELECT variant_id, version, delta_on_hand FROM audit_log ORDER BY variant_id) AS log
         GROUP BY variant_id
     ),
     held AS (

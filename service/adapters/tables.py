@@ -126,7 +126,14 @@ audit_log = Table(
     #: `stock-service` for the service's own jobs (CONTRACT.md, "Who did it").
     Column("actor", Text, nullable=False),
 )
-Index("audit_log_variant_version", audit_log.c.variant_id, audit_log.c.version, unique=True)
+# delta_on_hand in the leaves: reconciliation reads its sums from this index alone.
+Index(
+    "audit_log_variant_version",
+    audit_log.c.variant_id,
+    audit_log.c.version,
+    unique=True,
+    postgresql_include=["delta_on_hand"],
+)
 
 processed_events = Table(
     "processed_events",

@@ -39,6 +39,16 @@ UPGRADE = [
     """
     ALTER TABLE audit_log ALTER COLUMN actor SET NOT NULL
     """,
+    # Reconciliation sums each variant's delta_on_hand from this index alone (an
+    # index-only scan in variant order, no hash table of every variant): the same
+    # unique key, delta_on_hand carried in its leaves. docs/reconciliation.md.
+    """
+    DROP INDEX audit_log_variant_version
+    """,
+    """
+    CREATE UNIQUE INDEX audit_log_variant_version ON audit_log (variant_id, version)
+        INCLUDE (delta_on_hand)
+    """,
     # A variant's own count tolerance (percent of the expected quantity); NULL means
     # STOCK_COUNT_TOLERANCE_PERCENT. See docs/design.md, "Stock counts".
     """
@@ -154,6 +164,12 @@ DOWNGRADE = [
     """,
     """
     ALTER TABLE variants DROP COLUMN count_tolerance_percent
+    """,
+    """
+    DROP INDEX audit_log_variant_version
+    """,
+    """
+    CREATE UNIQUE INDEX audit_log_variant_version ON audit_log (variant_id, version)
     """,
     """
     ALTER TABLE audit_log DROP COLUMN actor
