@@ -7,7 +7,7 @@ worker and the sweeper) touching the same rows wait for each other, never deadlo
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.adapters.tables import OUTBOX_CHANNEL
 from service.domain.ledger import StockLedger
 from service.domain.model import (
+    Anomaly,
     EventRef,
     Order,
     OrderPhase,
@@ -379,6 +380,42 @@ async def _write_variants(conn: AsyncConnection, ledger: StockLedger, state: Loa
                 "versions": [v.version for v in updated],
             },
         )
+
+
+_INSERT_ANOMALIES = text(
+    """
+    INSERT INTO anomalies (
+        variant_id, product_id, rule, observed, expected, score, reference, actor, raised_at
+    )
+    SELECT * FROM unnest(
+        CAST(:variant_ids AS text[]), CAST(:products AS text[]), CAST(:rules AS text[]),
+        CAST(:observed AS numeric[]), CAST(:expected AS numeric[]), CAST(:scores AS numeric[]),
+        CAST(:references AS text[]), CAST(:actors AS text[]), CAST(:times AS timestamptz[])
+    )
+    """
+)
+
+
+async def record_anomalies(
+    conn: AsyncConnection, anomalies: Sequence[Anomaly], actor: str, at: datetime
+) -> None:
+    """Keep the anomalies a transaction raises (the outbox forgets published rows)."""
+    if not anomalies:
+        return
+    await conn.execute(
+        _INSERT_ANOMALIES,
+        {
+            "variant_ids": [a.variant_id for a in anomalies],
+            "products": [a.product_id for a in anomalies],
+            "rules": [a.rule.value for a in anomalies],
+            "observed": [a.observed for a in anomalies],
+            "expected": [a.expected for a in anomalies],
+            "scores": [a.score for a in anomalies],
+            "references": [a.reference for a in anomalies],
+            "actors": [actor] * len(anomalies),
+            "times": [at] * len(anomalies),
+        },
+    )
 
 
 async def append_outbox(conn: AsyncConnection, messages: list[OutboxMessage]) -> None:

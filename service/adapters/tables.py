@@ -241,5 +241,26 @@ job_runs = Table(
     CheckConstraint("outcome IN ('running', 'succeeded', 'failed')", name="job_outcome_known"),
 )
 
+anomalies = Table(
+    "anomalies",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("variant_id", Text, nullable=False),
+    Column("product_id", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("observed", Numeric, nullable=False),
+    Column("expected", Numeric, nullable=False),
+    Column("score", Numeric, nullable=True),
+    Column("reference", Text, nullable=True),
+    Column("actor", Text, nullable=False),
+    Column("raised_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "rule IN ('count_variance', 'large_adjustment', 'unusual_shrinkage', 'ledger_mismatch')",
+        name="anomaly_rule_known",
+    ),
+)
+Index("anomalies_raised_at", anomalies.c.raised_at)
+Index("anomalies_variant", anomalies.c.variant_id, anomalies.c.raised_at)
+
 #: NOTIFY channel the writer signals on commit and the relay LISTENs to.
 OUTBOX_CHANNEL = "stock_outbox"

@@ -126,12 +126,7 @@ async def reconcile(
             # A retry after a commit whose answer was lost: that attempt recorded the
             # run and published its anomalies; answer it, publish nothing again.
             return recorded
-        tx.publish(
-            [
-                unit_of_work.writer.stock_anomaly(_anomaly(d, run_id), report.finished_at)
-                for d in report.discrepancies
-            ]
-        )
+        tx.raise_anomalies([_anomaly(d, run_id) for d in report.discrepancies])
         return report
 
     return await unit_of_work.run(

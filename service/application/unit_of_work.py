@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.adapters import stock_store
 from service.adapters.database import retry_transient
 from service.domain.ledger import StockLedger
-from service.domain.model import EventRef
+from service.domain.model import Anomaly, EventRef, actor_of
 from service.outbound import EventWriter, OutboxMessage
 from service.settings import Settings
 
@@ -51,6 +51,7 @@ class StockTransaction:
         self._state: stock_store.LoadedState | None = None
         self._ledger: StockLedger | None = None
         self._extra: list[OutboxMessage] = []
+        self._anomalies: list[Anomaly] = []
         #: How many outbox messages the write-back appended (known once it has run).
         self.appended = 0
 
@@ -90,15 +91,25 @@ class StockTransaction:
         """Outbox messages the ledger does not make (dead letters)."""
         self._extra.extend(messages)
 
+    def raise_anomalies(self, anomalies: Sequence[Anomaly]) -> None:
+        """Anomalies found outside the ledger (reconciliation, the shrinkage job): kept
+        in `anomalies` and published as `stock.anomaly`, like the ledger's own."""
+        self._anomalies.extend(anomalies)
+
     async def _write_back(self, writer: EventWriter) -> None:
         """The ledger's state and effects, and the extra messages, into the transaction."""
         messages: list[OutboxMessage] = []
+        anomalies = list(self._anomalies)
         if self._ledger is not None and self._state is not None:
             await stock_store.write_ledger(self.conn, self._ledger, self._state, self.actor)
             ledger = self._ledger
-            messages = writer.effects(
-                ledger.changes, ledger.alerts, ledger.outcomes, self.now, ledger.anomalies
+            anomalies[:0] = ledger.anomalies
+            messages = writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, self.now)
+        if anomalies:
+            await stock_store.record_anomalies(
+                self.conn, anomalies, self.actor or actor_of(None), self.now
             )
+            messages.extend(writer.stock_anomaly(anomaly, self.now) for anomaly in anomalies)
         messages.extend(self._extra)
         await stock_store.append_outbox(self.conn, messages)
         self.appended = len(messages)
