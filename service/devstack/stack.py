@@ -241,7 +241,14 @@ def banner(
         export_token = f'    export STOCK_TOKEN="$(cat {shlex.quote(str(token_file))})"'
     else:
         token_line = "  API token   the first of STOCK_API_TOKENS"
-        export_token = '    export STOCK_TOKEN="${STOCK_API_TOKENS%%,*}"'
+        first = settings.api_tokens.get_secret_value().split(",")[0].strip()
+        if settings.api_token_entries and settings.api_token_entries[0].secret != first:
+            # A named entry, `name:secret:scope`: the bearer is its secret alone.
+            export_token = (
+                '    export STOCK_TOKEN="$(echo "${STOCK_API_TOKENS%%,*}" | cut -d: -f2)"'
+            )
+        else:
+            export_token = '    export STOCK_TOKEN="${STOCK_API_TOKENS%%,*}"'
     restock = json.dumps(
         {"updates": [{"variantId": "tshirt-classic-black-m", "quantity": 5, "reason": "delivery"}]},
         separators=(",", ":"),

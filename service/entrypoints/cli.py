@@ -350,15 +350,18 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
                 database_url = postgres.start()
                 bootstrap = broker.start()
                 given = settings.api_token_list
-                token = given[0] if given else _dev_token(data_dir)
+                # STOCK_API_TOKENS as given (names and scopes kept), else a generated
+                # token for an admin named `dev` (counts, approvals, reconciliation).
+                tokens = (
+                    settings.api_tokens if given else SecretStr(f"dev:{_dev_token(data_dir)}:admin")
+                )
                 settings = settings.model_copy(
                     update={
                         "database_url": database_url,
                         "kafka_bootstrap_servers": bootstrap,
                         "kafka_enable_idempotence": False,
                         "http_port": ports.http,
-                        # The dev token is an admin (counts, approvals, reconciliation).
-                        "api_tokens": SecretStr(",".join(given or [f"dev:{token}:admin"])),
+                        "api_tokens": tokens,
                     }
                 )
                 upgrade_to_head(database_url)
