@@ -40,6 +40,19 @@ variants = Table(
     Column("count_tolerance_percent", Numeric, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Policy (CONTRACT.md, "Policies, reorder and suppliers"), as configured; NULL: unset.
+    Column("reorder_point", BigInteger, nullable=True),
+    Column("max_stock", BigInteger, nullable=True),
+    Column("lead_time_days", Numeric, nullable=True),
+    Column("supplier_id", Text, nullable=True),
+    # Computed by the daily `policies` job (service/application/policies.py): 30-day
+    # demand, the supplier's measured lead time, and the reorder point from them.
+    Column("avg_daily_demand", Numeric, nullable=True),
+    Column("demand_stdev", Numeric, nullable=True),
+    Column("measured_lead_time_days", Numeric, nullable=True),
+    Column("computed_reorder_point", BigInteger, nullable=True),
+    #: When `available` last reached 0 from above; NULL while in stock, or never stocked.
+    Column("out_of_stock_since", DateTime(timezone=True), nullable=True),
     # The database refuses an oversell even if every line of Python above it is wrong.
     CheckConstraint("reserved >= 0 AND reserved <= on_hand", name="reserved_within_on_hand"),
     CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
@@ -48,6 +61,12 @@ variants = Table(
         "count_tolerance_percent IS NULL OR "
         "(count_tolerance_percent >= 0 AND count_tolerance_percent <= 100)",
         name="count_tolerance_ok",
+    ),
+    CheckConstraint("reorder_point IS NULL OR reorder_point >= 0", name="reorder_point_ok"),
+    CheckConstraint("max_stock IS NULL OR max_stock > 0", name="max_stock_ok"),
+    CheckConstraint(
+        "lead_time_days IS NULL OR (lead_time_days >= 0 AND lead_time_days <= 365)",
+        name="lead_time_ok",
     ),
 )
 Index("variants_product_id", variants.c.product_id)
@@ -125,6 +144,9 @@ audit_log = Table(
     #: Who did it: `api:<token name>`, `cli:<user>`, a Kafka event's `source`, or
     #: `stock-service` for the service's own jobs (CONTRACT.md, "Who did it").
     Column("actor", Text, nullable=False),
+    #: A RESTOCK's supplier and when it was ordered (its lead time: created_at - ordered_at).
+    Column("supplier_id", Text, nullable=True),
+    Column("ordered_at", DateTime(timezone=True), nullable=True),
 )
 # delta_on_hand in the leaves: reconciliation reads its sums from this index alone.
 Index(
@@ -133,6 +155,14 @@ Index(
     audit_log.c.version,
     unique=True,
     postgresql_include=["delta_on_hand"],
+)
+# Deliveries by supplier: the measured lead times (service/application/policies.py).
+Index(
+    "audit_log_deliveries",
+    audit_log.c.supplier_id,
+    audit_log.c.created_at,
+    postgresql_include=["ordered_at"],
+    postgresql_where=audit_log.c.supplier_id.isnot(None),
 )
 
 processed_events = Table(

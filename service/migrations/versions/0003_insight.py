@@ -40,11 +40,71 @@ UPGRADE = [
     """
     CREATE INDEX anomalies_variant ON anomalies (variant_id, raised_at)
     """,
+    # Policies (CONTRACT.md, "Policies, reorder and suppliers"): what a person
+    # configures per variant, and what the daily `policies` job computes from the audit
+    # log (service/application/policies.py). The ledger reads only the effective reorder
+    # point, COALESCE(reorder_point, computed_reorder_point), with the variant's lock.
+    """
+    ALTER TABLE variants
+        ADD COLUMN reorder_point bigint,
+        ADD COLUMN max_stock bigint,
+        ADD COLUMN lead_time_days numeric,
+        ADD COLUMN supplier_id text,
+        ADD COLUMN avg_daily_demand numeric,
+        ADD COLUMN demand_stdev numeric,
+        ADD COLUMN measured_lead_time_days numeric,
+        ADD COLUMN computed_reorder_point bigint,
+        ADD COLUMN out_of_stock_since timestamptz,
+        ADD CONSTRAINT reorder_point_ok CHECK (reorder_point IS NULL OR reorder_point >= 0),
+        ADD CONSTRAINT max_stock_ok CHECK (max_stock IS NULL OR max_stock > 0),
+        ADD CONSTRAINT lead_time_ok CHECK (
+            lead_time_days IS NULL OR (lead_time_days >= 0 AND lead_time_days <= 365)
+        )
+    """,
+    # stock.replenished needs when a variant ran out: for one out of stock now, the
+    # first change after its last row with stock (a variant never in stock stays NULL).
+    """
+    UPDATE variants AS v SET out_of_stock_since = s.since
+    FROM (
+        SELECT a.variant_id, min(a.created_at) AS since
+        FROM variants AS o
+        JOIN audit_log AS a ON a.variant_id = o.variant_id
+        WHERE o.on_hand = o.reserved
+          AND a.version > (
+              SELECT max(b.version) FROM audit_log AS b
+              WHERE b.variant_id = o.variant_id AND b.on_hand_after > b.reserved_after
+          )
+        GROUP BY a.variant_id
+    ) AS s
+    WHERE v.variant_id = s.variant_id
+    """,
+    # A restock may name its supplier and when it was ordered: that delivery's lead time.
+    """
+    ALTER TABLE audit_log ADD COLUMN supplier_id text, ADD COLUMN ordered_at timestamptz
+    """,
+    # Deliveries by supplier (the measured lead times): only restocks that name one.
+    """
+    CREATE INDEX audit_log_deliveries ON audit_log (supplier_id, created_at)
+        INCLUDE (ordered_at) WHERE supplier_id IS NOT NULL
+    """,
 ]
 
 DOWNGRADE = [
     """
     DROP TABLE anomalies
+    """,
+    """
+    DROP INDEX audit_log_deliveries
+    """,
+    """
+    ALTER TABLE audit_log DROP COLUMN supplier_id, DROP COLUMN ordered_at
+    """,
+    """
+    ALTER TABLE variants
+        DROP COLUMN reorder_point, DROP COLUMN max_stock, DROP COLUMN lead_time_days,
+        DROP COLUMN supplier_id, DROP COLUMN avg_daily_demand, DROP COLUMN demand_stdev,
+        DROP COLUMN measured_lead_time_days, DROP COLUMN computed_reorder_point,
+        DROP COLUMN out_of_stock_since
     """,
 ]
 
