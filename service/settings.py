@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     #: expected quantity (a variant's own `count_tolerance_percent` wins); lines beyond
     #: it are applied only with an admin's approval.
     count_tolerance_percent: float = Field(default=2.0, ge=0, le=100)
+    #: `stock.anomaly` `large_adjustment` and `unusual_shrinkage` (docs/design.md,
+    #: "Anomaly rules"): never for fewer units than this, and only where the robust
+    #: z-score against the variant's own history reaches `anomaly_z`.
+    anomaly_min_units: int = Field(default=10, ge=1)
+    anomaly_z: float = Field(default=3.5, gt=0)
 
     batch_max_records: int = Field(default=500, ge=1)
     #: How long a batch waits to fill before it is handled anyway.
@@ -155,6 +160,7 @@ class Settings(BaseSettings):
     jobs_enabled: bool = True
     job_prune_interval_hours: float = Field(default=24.0, gt=0)
     job_reconcile_interval_hours: float = Field(default=168.0, gt=0)
+    job_shrinkage_interval_hours: float = Field(default=168.0, gt=0)
 
     #: Backoff while the database is unreachable: doubles up to the maximum.
     retry_initial_backoff_seconds: float = Field(default=0.1, gt=0)
