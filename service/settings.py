@@ -28,6 +28,8 @@ TOPIC_DEFAULTS: dict[str, str] = {
     "topic_stock_low": EventType.STOCK_LOW,
     "topic_stock_reservation": EventType.STOCK_RESERVATION,
     "topic_stock_anomaly": EventType.STOCK_ANOMALY,
+    "topic_stock_replenished": EventType.STOCK_REPLENISHED,
+    "topic_stock_reorder": EventType.STOCK_REORDER,
     "topic_dlq": "stock.dlq",
 }
 
@@ -94,6 +96,8 @@ class Settings(BaseSettings):
     topic_stock_low: str = TOPIC_DEFAULTS["topic_stock_low"]
     topic_stock_reservation: str = TOPIC_DEFAULTS["topic_stock_reservation"]
     topic_stock_anomaly: str = TOPIC_DEFAULTS["topic_stock_anomaly"]
+    topic_stock_replenished: str = TOPIC_DEFAULTS["topic_stock_replenished"]
+    topic_stock_reorder: str = TOPIC_DEFAULTS["topic_stock_reorder"]
     topic_dlq: str = TOPIC_DEFAULTS["topic_dlq"]
 
     #: `source` of every event this service publishes.
@@ -289,6 +293,8 @@ class Settings(BaseSettings):
             self.topic_stock_low,
             self.topic_stock_reservation,
             self.topic_stock_anomaly,
+            self.topic_stock_replenished,
+            self.topic_stock_reorder,
             self.topic_dlq,
         ]
 

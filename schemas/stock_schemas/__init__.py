@@ -23,6 +23,8 @@ from stock_schemas.events import (
     StockAnomaly,
     StockChanged,
     StockLow,
+    StockReorder,
+    StockReplenished,
     StockReservation,
 )
 from stock_schemas.kafka import InvalidEvent, ParsedEvent, parse_record
@@ -48,6 +50,8 @@ __all__ = [
     "StockAnomaly",
     "StockChanged",
     "StockLow",
+    "StockReorder",
+    "StockReplenished",
     "StockReservation",
     "build_event",
     "parse_record",

@@ -27,6 +27,8 @@ class EventType(StrEnum):
     STOCK_LOW = "stock.low"
     STOCK_RESERVATION = "stock.reservation"
     STOCK_ANOMALY = "stock.anomaly"
+    STOCK_REPLENISHED = "stock.replenished"
+    STOCK_REORDER = "stock.reorder"
 
 
 class CloudEvent(BaseModel):

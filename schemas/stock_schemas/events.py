@@ -198,6 +198,37 @@ class StockAnomaly(_Data):
     reference: str | None = None
 
 
+class StockReplenished(_Data):
+    """Back in stock: `available` rose from 0 to above 0. Published once per return to
+    stock, not for a variant's first delivery (it was never in stock to come back)."""
+
+    variant_id: str
+    product_id: str
+    available: int
+    #: How long `available` was 0, from the change that took the last unit.
+    out_of_stock_seconds: float
+
+
+class StockReorder(_Data):
+    """Time to order: `available` fell from above the reorder point to at or below it.
+    Edge-triggered: again only after `available` has risen above the point."""
+
+    variant_id: str
+    product_id: str
+    #: The variant's supplier, as its policy names it; null when none is named.
+    supplier_id: str | None = None
+    available: int
+    #: The reorder point crossed: the configured one, else the computed one.
+    reorder_point: int
+    #: Units to order: up to `maxStock`, else enough to cover the lead time plus the
+    #: review period of demand plus safety stock; never negative.
+    suggested_quantity: int
+    #: `available` / the average daily demand of the last 30 days; null without demand.
+    days_of_cover: float | None = None
+    #: The lead time used: the configured one, else the supplier's measured average.
+    lead_time_days: float | None = None
+
+
 class StockReservation(_Data):
     order_id: str
     status: ReservationStatus
@@ -220,6 +251,8 @@ PUBLISHED_DATA_MODELS: dict[str, type[_Data]] = {
     "stock.low": StockLow,
     "stock.reservation": StockReservation,
     "stock.anomaly": StockAnomaly,
+    "stock.replenished": StockReplenished,
+    "stock.reorder": StockReorder,
 }
 
 #: Every event type of the contract -> its `data` model: what `parse_record` reads by

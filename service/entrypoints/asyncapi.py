@@ -30,6 +30,8 @@ from stock_schemas.events import (
     StockAnomaly,
     StockChanged,
     StockLow,
+    StockReorder,
+    StockReplenished,
     StockReservation,
 )
 
@@ -99,6 +101,20 @@ def asyncapi_specification(settings: Settings) -> Specification:
             StockAnomaly,
             "Something about a variant's stock a person should look at (a count variance "
             "out of tolerance, a ledger mismatch, ...), keyed by variant_id.",
+        ),
+        (
+            settings.topic_stock_replenished,
+            EventType.STOCK_REPLENISHED,
+            StockReplenished,
+            "Back in stock: available rose from 0 to above 0 (not a variant's first "
+            "delivery), with how long it was out; keyed by variant_id.",
+        ),
+        (
+            settings.topic_stock_reorder,
+            EventType.STOCK_REORDER,
+            StockReorder,
+            "Edge-triggered: available fell to or below the variant's reorder point; with "
+            "the supplier and a suggested quantity. Keyed by variant_id.",
         ),
     ]
     for topic, event_type, data_model, description in published:

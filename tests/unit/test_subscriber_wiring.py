@@ -74,5 +74,5 @@ def test_isolated_settings_prefix_the_group_and_every_topic() -> None:
     settings = isolated_settings("run7", batch_linger_ms=3)
     assert settings.kafka_group_id == "run7-stock"
     topics = [*settings.consumed_topics, *settings.published_topics]
-    assert len(set(topics)) == 9 and all(t.startswith("run7.") for t in topics)
+    assert len(set(topics)) == 11 and all(t.startswith("run7.") for t in topics)
     assert settings.batch_linger_ms == 3
