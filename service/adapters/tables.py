@@ -7,6 +7,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -164,6 +165,14 @@ Index(
     postgresql_include=["ordered_at"],
     postgresql_where=audit_log.c.supplier_id.isnot(None),
 )
+# The SALE rows by time across every variant: abcClass's sales and the rollup job's day
+# (service/adapters/analytics_sql.py).
+Index(
+    "audit_log_sales",
+    audit_log.c.created_at,
+    postgresql_include=["variant_id", "delta_on_hand"],
+    postgresql_where=audit_log.c.change_type == "SALE",
+)
 
 processed_events = Table(
     "processed_events",
@@ -291,6 +300,31 @@ anomalies = Table(
 )
 Index("anomalies_raised_at", anomalies.c.raised_at)
 Index("anomalies_variant", anomalies.c.variant_id, anomalies.c.raised_at)
+
+#: Units sold per variant and UTC day, filled by the `rollup` job for the days before
+#: its `rollups` row's `complete_before` (docs/analytics.md, "The daily rollup").
+variant_daily_sales = Table(
+    "variant_daily_sales",
+    metadata,
+    Column("variant_id", Text, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("units_sold", BigInteger, nullable=False),
+    PrimaryKeyConstraint("variant_id", "day"),
+)
+Index(
+    "variant_daily_sales_day",
+    variant_daily_sales.c.day,
+    postgresql_include=["variant_id", "units_sold"],
+)
+
+#: How far each rollup is complete: every day before `complete_before` is in it.
+rollups = Table(
+    "rollups",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("complete_before", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
 
 #: NOTIFY channel the writer signals on commit and the relay LISTENs to.
 OUTBOX_CHANNEL = "stock_outbox"

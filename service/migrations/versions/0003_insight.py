@@ -87,6 +87,34 @@ UPGRADE = [
     CREATE INDEX audit_log_deliveries ON audit_log (supplier_id, created_at)
         INCLUDE (ordered_at) WHERE supplier_id IS NOT NULL
     """,
+    # Analytics (docs/analytics.md): the sales of a time range across every variant
+    # (abcClass, and the rollup job's day) from an index of the SALE rows alone.
+    """
+    CREATE INDEX audit_log_sales ON audit_log (created_at)
+        INCLUDE (variant_id, delta_on_hand) WHERE change_type = 'SALE'
+    """,
+    # Units sold per variant and UTC day, for the days before `complete_before` of its
+    # row in `rollups` (the `rollup` job fills whole past days; exact: no row can be
+    # written into them any more).
+    """
+    CREATE TABLE variant_daily_sales (
+        variant_id text NOT NULL,
+        day date NOT NULL,
+        units_sold bigint NOT NULL,
+        PRIMARY KEY (variant_id, day)
+    )
+    """,
+    """
+    CREATE INDEX variant_daily_sales_day ON variant_daily_sales (day)
+        INCLUDE (variant_id, units_sold)
+    """,
+    """
+    CREATE TABLE rollups (
+        name text PRIMARY KEY,
+        complete_before timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    )
+    """,
 ]
 
 DOWNGRADE = [
@@ -105,6 +133,15 @@ DOWNGRADE = [
         DROP COLUMN supplier_id, DROP COLUMN avg_daily_demand, DROP COLUMN demand_stdev,
         DROP COLUMN measured_lead_time_days, DROP COLUMN computed_reorder_point,
         DROP COLUMN out_of_stock_since
+    """,
+    """
+    DROP TABLE rollups
+    """,
+    """
+    DROP TABLE variant_daily_sales
+    """,
+    """
+    DROP INDEX audit_log_sales
     """,
 ]
 
