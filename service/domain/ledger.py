@@ -12,7 +12,7 @@ failure; the final stock of an order does not depend on arrival order.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from stock_schemas.events import MAX_QUANTITY, ChangeType, ReservationStatus
 
@@ -31,6 +31,8 @@ from service.domain.model import (
     Order,
     OrderPhase,
     PaymentOutcome,
+    ReorderAlert,
+    ReplenishedAlert,
     ReservationOutcome,
     Shortage,
     StockChange,
@@ -53,12 +55,18 @@ class StockLedger:
         orders: dict[str, Order],
         *,
         default_low_stock_threshold: int,
+        now: datetime | None = None,
     ) -> None:
         self.variants = variants
         self.orders = orders
         self.default_low_stock_threshold = default_low_stock_threshold
+        #: The time the ledger decides at (the unit of work's): when a variant ran out.
+        self.now = now if now is not None else datetime.now(UTC)
         self.changes: list[StockChange] = []
         self.alerts: list[LowStockAlert] = []
+        #: Back in stock (`stock.replenished`) and reorder points crossed (`stock.reorder`).
+        self.replenished: list[ReplenishedAlert] = []
+        self.reorders: list[ReorderAlert] = []
         self.outcomes: list[ReservationOutcome] = []
         #: `stock.anomaly` events the decisions raised (a count variance out of tolerance).
         self.anomalies: list[Anomaly] = []
@@ -301,8 +309,11 @@ class StockLedger:
         reason: str | None = None,
         reference: str | None = None,
         cause: EventRef | None = None,
+        supplier_id: str | None = None,
+        ordered_at: datetime | None = None,
     ) -> StockChange:
-        """Receive units; a variant seen for the first time is created at zero first."""
+        """Receive units; a variant seen for the first time is created at zero first.
+        `supplier_id` and `ordered_at`: the delivery's, kept on its audit row."""
         if not 0 < quantity <= MAX_QUANTITY:
             raise InvalidQuantity(
                 f"restock quantity must be between 1 and {MAX_QUANTITY}, got {quantity}"
@@ -310,7 +321,17 @@ class StockLedger:
         if variant_id not in self.variants:
             self.variants[variant_id] = Variant(variant_id, product_id or variant_id, 0, 0)
             self.created_variants.add(variant_id)
-        return self._change(variant_id, ChangeType.RESTOCK, quantity, 0, reference, reason, cause)
+        return self._change(
+            variant_id,
+            ChangeType.RESTOCK,
+            quantity,
+            0,
+            reference,
+            reason,
+            cause,
+            supplier_id=supplier_id,
+            ordered_at=ordered_at,
+        )
 
     def adjust(
         self,
@@ -345,6 +366,9 @@ class StockLedger:
         reference: str | None,
         reason: str | None,
         cause: EventRef | None,
+        *,
+        supplier_id: str | None = None,
+        ordered_at: datetime | None = None,
     ) -> StockChange:
         variant = self.variants[variant_id]
         available_before = variant.available
@@ -369,14 +393,43 @@ class StockLedger:
             reference=reference,
             reason=reason,
             cause=cause,
+            supplier_id=supplier_id,
+            ordered_at=ordered_at,
         )
         self.changes.append(change)
+        self._replenishment_edges(variant, available_before)
         threshold = self.threshold_of(variant)
         if available_before > threshold >= variant.available:
             self.alerts.append(
                 LowStockAlert(variant_id, variant.product_id, variant.available, threshold)
             )
         return change
+
+    def _replenishment_edges(self, variant: Variant, available_before: int) -> None:
+        """Back in stock and reorder point, edge-triggered like `stock.low`.
+
+        Out of stock starts when `available` reaches 0 from above; back in stock is the
+        rise from 0 of a variant that had run out, so a variant's first delivery (never
+        in stock, `out_of_stock_since` None) publishes nothing."""
+        available = variant.available
+        if available_before > 0 >= available:
+            variant.out_of_stock_since = self.now
+        elif available_before <= 0 < available:
+            since, variant.out_of_stock_since = variant.out_of_stock_since, None
+            if since is not None:
+                self.replenished.append(
+                    ReplenishedAlert(
+                        variant.variant_id,
+                        variant.product_id,
+                        available,
+                        max((self.now - since).total_seconds(), 0.0),
+                    )
+                )
+        point = variant.reorder_point
+        if point is not None and available_before > point >= available:
+            self.reorders.append(
+                ReorderAlert(variant.variant_id, variant.product_id, available, point)
+            )
 
     def threshold_of(self, variant: Variant) -> int:
         if variant.low_stock_threshold is not None:

@@ -60,6 +60,11 @@ class Variant:
     reserved: int
     version: int = 0
     low_stock_threshold: int | None = None
+    #: The effective reorder point: the configured one, else the computed one; None:
+    #: no `stock.reorder` for this variant.
+    reorder_point: int | None = None
+    #: When `available` last reached 0 from above; None while in stock, or never stocked.
+    out_of_stock_since: datetime | None = None
 
     @property
     def available(self) -> int:
@@ -101,10 +106,35 @@ class StockChange:
     reference: str | None
     reason: str | None
     cause: EventRef | None
+    #: A restock's supplier and when it was ordered (its lead time ends with this change).
+    supplier_id: str | None = None
+    ordered_at: datetime | None = None
 
     @property
     def available(self) -> int:
         return self.on_hand - self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class ReplenishedAlert:
+    """A `stock.replenished`: `available` rose from 0, after `out_of_stock_seconds` at 0."""
+
+    variant_id: str
+    product_id: str
+    available: int
+    out_of_stock_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReorderAlert:
+    """`available` fell from above the variant's reorder point to at or below it: a
+    `stock.reorder`, once the unit of work adds the policy's suggestion
+    (`service.domain.replenishment.reorder`)."""
+
+    variant_id: str
+    product_id: str
+    available: int
+    reorder_point: int
 
 
 @dataclass(frozen=True, slots=True)
