@@ -19,7 +19,14 @@ from typing import Any
 import pydantic_core
 from stock_schemas.envelope import EventType
 
-from service.domain.model import Anomaly, LowStockAlert, ReservationOutcome, StockChange
+from service.domain.model import (
+    Anomaly,
+    LowStockAlert,
+    ReplenishedAlert,
+    ReservationOutcome,
+    StockChange,
+)
+from service.domain.replenishment import Reorder
 from service.inbound import Poison
 from service.settings import Settings
 
@@ -193,6 +200,40 @@ class EventWriter:
             correlation_id=anomaly.reference,
         )
 
+    def stock_replenished(self, alert: ReplenishedAlert, time: datetime) -> OutboxMessage:
+        data = {
+            "variant_id": alert.variant_id,
+            "product_id": alert.product_id,
+            "available": alert.available,
+            "out_of_stock_seconds": alert.out_of_stock_seconds,
+        }
+        return self._event(
+            self.settings.topic_stock_replenished,
+            EventType.STOCK_REPLENISHED,
+            alert.variant_id,
+            data,
+            time,
+        )
+
+    def stock_reorder(self, reorder: Reorder, time: datetime) -> OutboxMessage:
+        data = {
+            "variant_id": reorder.variant_id,
+            "product_id": reorder.product_id,
+            "supplier_id": reorder.supplier_id,
+            "available": reorder.available,
+            "reorder_point": reorder.reorder_point,
+            "suggested_quantity": reorder.suggested_quantity,
+            "days_of_cover": reorder.days_of_cover,
+            "lead_time_days": reorder.lead_time_days,
+        }
+        return self._event(
+            self.settings.topic_stock_reorder,
+            EventType.STOCK_REORDER,
+            reorder.variant_id,
+            data,
+            time,
+        )
+
     def effects(
         self,
         changes: Iterable[StockChange],
@@ -200,9 +241,14 @@ class EventWriter:
         outcomes: Iterable[ReservationOutcome],
         time: datetime,
         anomalies: Iterable[Anomaly] = (),
+        *,
+        replenished: Iterable[ReplenishedAlert] = (),
+        reorders: Iterable[Reorder] = (),
     ) -> list[OutboxMessage]:
         messages = [self.stock_changed(change, time) for change in changes]
         messages.extend(self.stock_low(alert, time) for alert in alerts)
+        messages.extend(self.stock_replenished(alert, time) for alert in replenished)
+        messages.extend(self.stock_reorder(reorder, time) for reorder in reorders)
         messages.extend(self.reservation(outcome, time) for outcome in outcomes)
         messages.extend(self.stock_anomaly(anomaly, time) for anomaly in anomalies)
         return messages

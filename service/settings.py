@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     #: z-score against the variant's own history reaches `anomaly_z`.
     anomaly_min_units: int = Field(default=10, ge=1)
     anomaly_z: float = Field(default=3.5, gt=0)
+    #: Days of demand a `stock.reorder`'s suggested quantity covers beyond the lead
+    #: time (when the variant has no `max_stock`): how often someone reviews and orders.
+    reorder_review_days: float = Field(default=7.0, gt=0, le=365)
 
     batch_max_records: int = Field(default=500, ge=1)
     #: How long a batch waits to fill before it is handled anyway.
@@ -165,6 +168,7 @@ class Settings(BaseSettings):
     job_prune_interval_hours: float = Field(default=24.0, gt=0)
     job_reconcile_interval_hours: float = Field(default=168.0, gt=0)
     job_shrinkage_interval_hours: float = Field(default=168.0, gt=0)
+    job_policies_interval_hours: float = Field(default=24.0, gt=0)
 
     #: Backoff while the database is unreachable: doubles up to the maximum.
     retry_initial_backoff_seconds: float = Field(default=0.1, gt=0)

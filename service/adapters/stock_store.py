@@ -83,9 +83,12 @@ _LOAD_LINES = text(
     """
 )
 
+# The effective reorder point and when the variant ran out ride along with the lock:
+# what the ledger's back-in-stock and reorder edges need, without another query.
 _LOCK_VARIANTS = text(
     """
-    SELECT variant_id, product_id, on_hand, reserved, version, low_stock_threshold
+    SELECT variant_id, product_id, on_hand, reserved, version, low_stock_threshold,
+           COALESCE(reorder_point, computed_reorder_point), out_of_stock_since
     FROM variants WHERE variant_id = ANY(CAST(:ids AS text[]))
     ORDER BY variant_id
     FOR UPDATE
@@ -131,36 +134,46 @@ _INSERT_LINES = text(
 _UPDATE_VARIANTS = text(
     """
     UPDATE variants AS v SET
-        on_hand = u.on_hand, reserved = u.reserved, version = u.version, updated_at = now()
+        on_hand = u.on_hand, reserved = u.reserved, version = u.version,
+        out_of_stock_since = u.out_of_stock_since, updated_at = now()
     FROM unnest(
         CAST(:ids AS text[]), CAST(:on_hand AS bigint[]), CAST(:reserved AS bigint[]),
-        CAST(:versions AS bigint[])
-    ) AS u(variant_id, on_hand, reserved, version)
+        CAST(:versions AS bigint[]), CAST(:out_of_stock_since AS timestamptz[])
+    ) AS u(variant_id, on_hand, reserved, version, out_of_stock_since)
     WHERE v.variant_id = u.variant_id
     """
 )
 
 _INSERT_VARIANTS = text(
     """
-    INSERT INTO variants (variant_id, product_id, on_hand, reserved, version)
+    INSERT INTO variants (variant_id, product_id, on_hand, reserved, version, out_of_stock_since)
     SELECT * FROM unnest(
         CAST(:ids AS text[]), CAST(:products AS text[]), CAST(:on_hand AS bigint[]),
-        CAST(:reserved AS bigint[]), CAST(:versions AS bigint[])
+        CAST(:reserved AS bigint[]), CAST(:versions AS bigint[]),
+        CAST(:out_of_stock_since AS timestamptz[])
     )
     """
 )
 
+_AUDIT_COLUMNS = """
+    variant_id, change_type, delta_on_hand, delta_reserved, on_hand_after, reserved_after,
+    version, reason, reference, source_event_source, source_event_id, actor
+"""
+_AUDIT_ARRAYS = """
+    CAST(:variant_ids AS text[]), CAST(:types AS text[]), CAST(:d_on_hand AS bigint[]),
+    CAST(:d_reserved AS bigint[]), CAST(:on_hand AS bigint[]), CAST(:reserved AS bigint[]),
+    CAST(:versions AS bigint[]), CAST(:reasons AS text[]), CAST(:references AS text[]),
+    CAST(:sources AS text[]), CAST(:event_ids AS text[]), CAST(:actors AS text[])
+"""
 _INSERT_AUDIT = text(
-    """
-    INSERT INTO audit_log (
-        variant_id, change_type, delta_on_hand, delta_reserved, on_hand_after, reserved_after,
-        version, reason, reference, source_event_source, source_event_id, actor
-    )
+    f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
+)
+# Only when a restock names its supplier or order time: the hot path keeps the short form.
+_INSERT_AUDIT_WITH_DELIVERY = text(
+    f"""
+    INSERT INTO audit_log ({_AUDIT_COLUMNS}, supplier_id, ordered_at)
     SELECT * FROM unnest(
-        CAST(:variant_ids AS text[]), CAST(:types AS text[]), CAST(:d_on_hand AS bigint[]),
-        CAST(:d_reserved AS bigint[]), CAST(:on_hand AS bigint[]), CAST(:reserved AS bigint[]),
-        CAST(:versions AS bigint[]), CAST(:reasons AS text[]), CAST(:references AS text[]),
-        CAST(:sources AS text[]), CAST(:event_ids AS text[]), CAST(:actors AS text[])
+        {_AUDIT_ARRAYS}, CAST(:suppliers AS text[]), CAST(:ordered_at AS timestamptz[])
     )
     """
 )
@@ -259,11 +272,10 @@ async def lock_variants(
     ids = sorted(set(variant_ids))
     if not ids:
         return
-    for variant_id, product_id, on_hand, reserved, version, threshold in await conn.execute(
-        _LOCK_VARIANTS, {"ids": ids}
-    ):
+    for row in await conn.execute(_LOCK_VARIANTS, {"ids": ids}):
+        variant_id, product_id, on_hand, reserved, version, threshold, point, since = row
         state.variants[variant_id] = Variant(
-            variant_id, product_id, on_hand, reserved, version, threshold
+            variant_id, product_id, on_hand, reserved, version, threshold, point, since
         )
         state.variant_versions[variant_id] = version
 
@@ -290,9 +302,16 @@ async def write_ledger(
     if ledger.changes:
         changes = ledger.changes
         sources = [c.cause.source if c.cause else None for c in changes]
+        delivery: dict[str, Any] = {}
+        if any(c.supplier_id is not None or c.ordered_at is not None for c in changes):
+            delivery = {
+                "suppliers": [c.supplier_id for c in changes],
+                "ordered_at": [c.ordered_at for c in changes],
+            }
         await conn.execute(
-            _INSERT_AUDIT,
+            _INSERT_AUDIT_WITH_DELIVERY if delivery else _INSERT_AUDIT,
             {
+                **delivery,
                 "variant_ids": [c.variant_id for c in changes],
                 "types": [c.change_type.value for c in changes],
                 "d_on_hand": [c.delta_on_hand for c in changes],
@@ -368,6 +387,7 @@ async def _write_variants(conn: AsyncConnection, ledger: StockLedger, state: Loa
                 "on_hand": [v.on_hand for v in created],
                 "reserved": [v.reserved for v in created],
                 "versions": [v.version for v in created],
+                "out_of_stock_since": [v.out_of_stock_since for v in created],
             },
         )
     if updated:
@@ -378,6 +398,7 @@ async def _write_variants(conn: AsyncConnection, ledger: StockLedger, state: Loa
                 "on_hand": [v.on_hand for v in updated],
                 "reserved": [v.reserved for v in updated],
                 "versions": [v.version for v in updated],
+                "out_of_stock_since": [v.out_of_stock_since for v in updated],
             },
         )
 

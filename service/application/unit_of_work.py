@@ -26,10 +26,11 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.adapters import stock_store
+from service.adapters import policy_store, stock_store
 from service.adapters.database import retry_transient
 from service.domain.ledger import StockLedger
 from service.domain.model import Anomaly, EventRef, actor_of
+from service.domain.replenishment import Reorder, reorder
 from service.outbound import EventWriter, OutboxMessage
 from service.settings import Settings
 
@@ -84,6 +85,7 @@ class StockTransaction:
             state.variants,
             state.orders,
             default_low_stock_threshold=self._settings.low_stock_threshold,
+            now=self.now,
         )
         return self._ledger
 
@@ -96,6 +98,26 @@ class StockTransaction:
         in `anomalies` and published as `stock.anomaly`, like the ledger's own."""
         self._anomalies.extend(anomalies)
 
+    async def _reorders(self, ledger: StockLedger) -> list[Reorder]:
+        """The ledger's reorder crossings, with what their variants' policies suggest:
+        one query, only in a transaction that crossed a reorder point."""
+        if not ledger.reorders:
+            return []
+        policies = await policy_store.reorder_policies(
+            self.conn, {alert.variant_id for alert in ledger.reorders}
+        )
+        return [
+            reorder(
+                alert.variant_id,
+                alert.product_id,
+                alert.available,
+                alert.reorder_point,
+                policies[alert.variant_id],
+                self._settings.reorder_review_days,
+            )
+            for alert in ledger.reorders
+        ]
+
     async def _write_back(self, writer: EventWriter) -> None:
         """The ledger's state and effects, and the extra messages, into the transaction."""
         messages: list[OutboxMessage] = []
@@ -104,7 +126,14 @@ class StockTransaction:
             await stock_store.write_ledger(self.conn, self._ledger, self._state, self.actor)
             ledger = self._ledger
             anomalies[:0] = ledger.anomalies
-            messages = writer.effects(ledger.changes, ledger.alerts, ledger.outcomes, self.now)
+            messages = writer.effects(
+                ledger.changes,
+                ledger.alerts,
+                ledger.outcomes,
+                self.now,
+                replenished=ledger.replenished,
+                reorders=await self._reorders(ledger),
+            )
         if anomalies:
             await stock_store.record_anomalies(
                 self.conn, anomalies, self.actor or actor_of(None), self.now

@@ -5,11 +5,12 @@ SQL (service/adapters/policies_sql.py), set-based over the audit log; the functi
 here are the same formulas on values already in hand: the definitions the tests hold
 the SQL to, and the suggestion a `stock.reorder` carries.
 
-- **Daily demand**: the units sold each day of the last 30 (a day is 24 hours counted
-  back from the computation, so no time zone is involved) net of the units returned
-  that day; a day without sales is 0. The average is the sum over 30, never below 0
-  (a month of more returns than sales is no demand, not a negative one). The standard
-  deviation is the sample one (n - 1) of the 30 daily totals.
+- **Daily demand**: the units sold (`SALE` rows) each day of the last 30 (a day is 24
+  hours counted back from the computation, so no time zone is involved); a day without
+  sales is 0. Returns are not netted out: a return puts units back on the shelf, which
+  `available` already shows, and demand is what customers bought (the same units sold
+  as analytics' `daysOfCover`). The average is the sum over 30; the standard deviation
+  is the sample one (n - 1) of the 30 daily totals.
 - **Lead time**: the configured one, else the supplier's measured average (every
   delivery of that supplier that said when it was ordered: its `created_at` minus its
   `ordered_at`, in days). None: no computed reorder point.
