@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from stock_schemas.events import ChangeType
 
 from service.adapters.tables import audit_log, variants
+from service.application.anomaly_checks import check_adjustments
 from service.application.unit_of_work import StockTransaction, UnitOfWork
 from service.domain import requests
 from service.domain.errors import IdempotencyKeyReused
@@ -127,7 +128,14 @@ class StockCommands:
         idempotency_key: str | None = None,
         actor: str | None = None,
     ) -> list[StockChange]:
+        """An adjustment of at least `STOCK_ANOMALY_MIN_UNITS` far outside the variant's
+        usual non-sale changes also raises `stock.anomaly` `large_adjustment`, in the same
+        transaction (`anomaly_checks.check_adjustments`); a replay raises nothing again."""
         expected = [(c.variant_id, c.counted) for c in counts]
+
+        async def check(tx: StockTransaction, changes: list[StockChange]) -> None:
+            await check_adjustments(tx, changes, self.settings)
+
         return await self._run(
             "adjust",
             _new_cause(self.source, idempotency_key, "adjust"),
@@ -137,6 +145,7 @@ class StockCommands:
             if idempotency_key
             else None,
             actor=actor,
+            after=check,
         )
 
     async def _run(
@@ -151,6 +160,7 @@ class StockCommands:
         new_variants: dict[str, str] | None = None,
         replay: Callable[[AsyncConnection, EventRef], Awaitable[T]] | None = None,
         actor: str | None = None,
+        after: Callable[[StockTransaction, T], Awaitable[None]] | None = None,
     ) -> T:
         """One request, one transaction of the unit of work (retried whole on transient
         database errors).
@@ -158,6 +168,8 @@ class StockCommands:
         With `replay`, the cause is claimed in `processed_events` like a consumed event,
         so a retry after a COMMIT whose answer was lost finds it taken and gets what
         `replay` reads back (the changes that committed) instead of applying it twice.
+        `after` runs once the ledger has decided, in the same transaction, with what it
+        decided (the anomaly checks of an adjust).
         """
 
         async def step(tx: StockTransaction) -> T:
@@ -169,7 +181,10 @@ class StockCommands:
                     {"ids": list(new_variants), "products": list(new_variants.values())},
                 )
             ledger = await tx.lock(order_ids, variant_ids, create_orders=create_orders)
-            return decide(ledger, cause)
+            decided = decide(ledger, cause)
+            if after is not None:
+                await after(tx, decided)
+            return decided
 
         return await self.unit_of_work.run(
             step, what=what, give_up_after=self.give_up_after, actor=actor

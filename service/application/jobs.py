@@ -1,5 +1,5 @@
-"""Scheduled maintenance: `prune` daily and `reconcile` weekly, run once per period by
-one of however many workers there are.
+"""Scheduled maintenance: `prune` daily, `reconcile` and `shrinkage` weekly, run once per
+period by one of however many workers there are.
 
 Every worker runs a `JobScheduler` (unless `STOCK_JOBS_ENABLED=false`, for operators
 who run `stock prune` and `stock reconcile` as Kubernetes CronJobs instead). Each
@@ -92,6 +92,12 @@ async def _reconcile(engine: AsyncEngine, settings: Settings, actor: str) -> dic
     }
 
 
+async def _shrinkage(engine: AsyncEngine, settings: Settings, actor: str) -> dict[str, Any]:
+    from service.application.anomaly_checks import check_shrinkage
+
+    return (await check_shrinkage(engine, settings, actor)).as_json()
+
+
 #: Every scheduled job, by name.
 JOBS: dict[str, Job] = {
     job.name: job
@@ -109,6 +115,13 @@ JOBS: dict[str, Job] = {
             "discrepancy",
             "job_reconcile_interval_hours",
             _reconcile,
+        ),
+        Job(
+            "shrinkage",
+            "judge every variant's losses of the last complete ISO week against its 8 weeks "
+            "before; publish stock.anomaly (unusual_shrinkage) per unusual variant, once a week",
+            "job_shrinkage_interval_hours",
+            _shrinkage,
         ),
     )
 }
