@@ -122,6 +122,15 @@ FIND_DISCREPANCIES = text(
     """
 )
 
+#: What each variant's audit log adds up to (invariant 3's right-hand side).
+BOOKED_ON_HAND = text(
+    """
+    SELECT variant_id, sum(delta_on_hand) AS booked
+    FROM audit_log WHERE variant_id = ANY(CAST(:ids AS text[]))
+    GROUP BY variant_id
+    """
+)
+
 INSERT_RUN = text(
     """
     INSERT INTO reconciliation_runs (

@@ -25,7 +25,7 @@ from stock_schemas.events import AnomalyRule
 
 from service.adapters import reconciliation_sql as sql
 from service.application.unit_of_work import StockTransaction, UnitOfWork
-from service.domain.model import Anomaly
+from service.domain.model import Anomaly, StockChange
 from service.settings import Settings
 
 
@@ -131,6 +131,35 @@ async def reconcile(
 
     return await unit_of_work.run(
         step, what="reconciliation", actor=actor, give_up_after=give_up_after
+    )
+
+
+#: The audit reason of an outside change a person accepted into the log.
+LEDGER_CORRECTION = "ledger_correction"
+
+
+async def accept_outside_changes(
+    engine: AsyncEngine, settings: Settings, actor: str, variant_ids: Sequence[str]
+) -> list[StockChange]:
+    """A person's answer to `ledger_mismatch`: the rows of these variants are right
+    (someone changed them outside the service, e.g. with SQL); record each difference
+    in the audit log as an ADJUSTMENT (reason `ledger_correction`, the actor who
+    accepted it), published as `stock.changed` like any change. Variants whose log adds
+    up already are left alone. The shelf's truth is then a count or an adjust away."""
+
+    async def step(tx: StockTransaction) -> list[StockChange]:
+        ids = sorted(set(variant_ids))
+        ledger = await tx.lock((), ids)
+        rows = await tx.conn.execute(sql.BOOKED_ON_HAND, {"ids": ids})
+        booked = {row.variant_id: int(row.booked) for row in rows}
+        changes = [
+            ledger.book_outside_change(v, booked.get(v, 0), reason=LEDGER_CORRECTION)
+            for v in ids
+        ]
+        return [change for change in changes if change is not None]
+
+    return await UnitOfWork(engine, settings).run(
+        step, what="accept outside changes", actor=actor
     )
 
 

@@ -355,6 +355,30 @@ class StockLedger:
         delta = counted - variant.on_hand
         return self._change(variant_id, ChangeType.ADJUSTMENT, delta, 0, reference, reason, cause)
 
+    def book_outside_change(
+        self,
+        variant_id: str,
+        booked_on_hand: int,
+        *,
+        reason: str,
+        reference: str | None = None,
+        cause: EventRef | None = None,
+    ) -> StockChange | None:
+        """A person accepts a change made to the variant row outside the service.
+
+        The row says `on_hand`, the audit log adds up to `booked_on_hand` (a
+        `ledger_mismatch`). This writes the difference as an ADJUSTMENT, so the log adds
+        up to the row again; the row keeps its value. An adjust cannot do it: it measures
+        from the row, so the gap would stay. None when there is no gap."""
+        variant = self.variants.get(variant_id)
+        if variant is None:
+            raise UnknownVariant(variant_id)
+        delta = variant.on_hand - booked_on_hand
+        if delta == 0:
+            return None
+        variant.on_hand = booked_on_hand  # the log's view, before the outside change
+        return self._change(variant_id, ChangeType.ADJUSTMENT, delta, 0, reference, reason, cause)
+
     # --------------------------------------------------------- stock arithmetic
 
     def _change(

@@ -15,7 +15,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from service.config_errors import describe_database_error
-from service.entrypoints.cli import _add_actor_option, _say, cli_actor
+from service.entrypoints.cli import (
+    _add_actor_option,
+    _admin_run,
+    _identifier,
+    _Refused,
+    _say,
+    cli_actor,
+)
 from service.settings import Settings
 
 if TYPE_CHECKING:  # imported when the command runs: `stock --help` stays quick
@@ -38,11 +45,22 @@ def add_reconcile_command(commands: Any) -> None:
         "check could not run.",
     )
     reconcile.add_argument("--json", action="store_true", help="the run as JSON")
+    reconcile.add_argument(
+        "--accept",
+        metavar="VARIANT",
+        action="append",
+        type=_identifier,
+        help="instead of checking: accept VARIANT's row as right after a ledger_mismatch "
+        "(a change made outside the service) and record the difference in its audit log "
+        "as an ADJUSTMENT, reason ledger_correction (repeatable)",
+    )
     _add_actor_option(reconcile)
     reconcile.set_defaults(handler=_reconcile)
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    if args.accept:
+        return _accept(args, settings)
     try:
         report = asyncio.run(_run(settings, cli_actor(args)))
     except Exception as error:
@@ -56,6 +74,28 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print(report)
     return 0 if report.clean else 1
+
+
+def _accept(args: argparse.Namespace, settings: Settings) -> int:
+    from service.application.reconciliation import accept_outside_changes
+
+    async def go(admin: Any) -> Any:
+        return await accept_outside_changes(
+            admin.engine, settings, cli_actor(args), args.accept
+        )
+
+    try:
+        changes = _admin_run(settings, go, "stock reconcile", cli_actor(args))
+    except _Refused as refused:
+        return refused.status
+    for change in changes:
+        print(
+            f"{change.variant_id}: {change.delta_on_hand:+d} booked as {change.change_type.value}"
+            f" ({change.reason}), version {change.version}"
+        )
+    if not changes:
+        print("nothing to accept: each named variant's audit log adds up to its row")
+    return 0
 
 
 async def _run(settings: Settings, actor: str) -> ReconciliationReport:
@@ -80,7 +120,8 @@ def _print(report: ReconciliationReport) -> None:
         print(f"  {d.variant_id}: {d.kind.value} expected={d.expected} actual={d.actual}")
     if found:
         print(
-            "each is published as stock.anomaly (ledger_mismatch); nothing was repaired: "
-            "`stock show VARIANT` and `stock adjust` are the tools",
+            "each is published as stock.anomaly (ledger_mismatch); nothing was repaired. "
+            "A row changed outside the service: `stock reconcile --accept VARIANT` books "
+            "the change in its log; the shelf: a count or `stock adjust`",
             file=sys.stderr,
         )

@@ -274,3 +274,36 @@ async def test_the_cli_without_the_schema_says_to_migrate(postgres_admin_url) ->
     first, hint = err.splitlines()
     assert first.startswith("stock reconcile: cannot use postgresql://")
     assert "stock migrate" in hint
+
+
+async def test_a_person_accepts_an_outside_change_into_the_log_and_the_check_is_clean(
+    database_url, engine, shop
+) -> None:
+    await shop.execute("UPDATE variants SET on_hand = on_hand + 2 WHERE variant_id = 'shirt-l'")
+    # An adjust measures from the row, so it cannot close the gap: the log stays short.
+    await shop.admin.adjust("shirt-l", 5, reason="recount")
+    assert found(await reconcile(engine, shop.settings, "cli:t")) == {
+        ("shirt-l", "ledger_mismatch", 3, 5)
+    }
+
+    code, out, err = await stock(
+        database_url, "reconcile", "--accept", "shirt-l", "--accept", "poster", "--actor", "ana"
+    )
+    assert code == 0, err
+    assert "shirt-l: +2 booked as ADJUSTMENT (ledger_correction)" in out
+    assert "poster" not in out  # its log adds up: nothing to accept
+
+    assert (await reconcile(engine, shop.settings, "cli:t")).clean
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT delta_on_hand, on_hand_after, reason, actor FROM audit_log"
+                    " WHERE variant_id = 'shirt-l' ORDER BY version DESC LIMIT 1"
+                )
+            )
+        ).one()
+    assert tuple(row) == (2, 5, "ledger_correction", "cli:ana")
+    assert await shop.stock("shirt-l") == (5, 0)
