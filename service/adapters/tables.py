@@ -326,5 +326,21 @@ rollups = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+#: Each report's figures as last written (service/application/reports.py): one row per
+#: kind and period; the latest of a kind has the latest period_start.
+reports = Table(
+    "reports",
+    metadata,
+    Column("kind", Text, nullable=False),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("generated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("figures", JSONB, nullable=False),
+    Column("files", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    PrimaryKeyConstraint("kind", "period_start"),
+    CheckConstraint("kind IN ('daily', 'weekly', 'monthly')", name="report_kind_known"),
+    CheckConstraint("period_start < period_end", name="report_period_ok"),
+)
+
 #: NOTIFY channel the writer signals on commit and the relay LISTENs to.
 OUTBOX_CHANNEL = "stock_outbox"

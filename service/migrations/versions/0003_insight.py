@@ -115,9 +115,28 @@ UPGRADE = [
         updated_at timestamptz NOT NULL DEFAULT now()
     )
     """,
+    # Reports (service/application/reports.py): each period's figures as last written,
+    # one row per kind and period (a report written again replaces its row); the
+    # latest of a kind is the one with the latest period_start (the primary key).
+    """
+    CREATE TABLE reports (
+        kind text NOT NULL,
+        period_start timestamptz NOT NULL,
+        period_end timestamptz NOT NULL,
+        generated_at timestamptz NOT NULL DEFAULT now(),
+        figures jsonb NOT NULL,
+        files jsonb NOT NULL DEFAULT '{}'::jsonb,
+        PRIMARY KEY (kind, period_start),
+        CONSTRAINT report_kind_known CHECK (kind IN ('daily', 'weekly', 'monthly')),
+        CONSTRAINT report_period_ok CHECK (period_start < period_end)
+    )
+    """,
 ]
 
 DOWNGRADE = [
+    """
+    DROP TABLE reports
+    """,
     """
     DROP TABLE anomalies
     """,
