@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     job_reconcile_interval_hours: float = Field(default=168.0, gt=0)
     job_shrinkage_interval_hours: float = Field(default=168.0, gt=0)
     job_policies_interval_hours: float = Field(default=24.0, gt=0)
+    #: The `rollup` job: whole past days into variant_daily_sales (docs/analytics.md).
+    job_rollup_interval_hours: float = Field(default=1.0, gt=0)
 
     #: Backoff while the database is unreachable: doubles up to the maximum.
     retry_initial_backoff_seconds: float = Field(default=0.1, gt=0)

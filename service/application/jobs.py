@@ -92,6 +92,12 @@ async def _reconcile(engine: AsyncEngine, settings: Settings, actor: str) -> dic
     }
 
 
+async def _rollup(engine: AsyncEngine, settings: Settings, actor: str) -> dict[str, Any]:
+    from service.application.analytics import roll_up
+
+    return (await roll_up(engine)).as_json()
+
+
 async def _shrinkage(engine: AsyncEngine, settings: Settings, actor: str) -> dict[str, Any]:
     from service.application.anomaly_checks import check_shrinkage
 
@@ -122,6 +128,13 @@ JOBS: dict[str, Job] = {
             "before; publish stock.anomaly (unusual_shrinkage) per unusual variant, once a week",
             "job_shrinkage_interval_hours",
             _shrinkage,
+        ),
+        Job(
+            "rollup",
+            "add every whole past UTC day to variant_daily_sales (units sold per variant and "
+            "day), which abcClass reads",
+            "job_rollup_interval_hours",
+            _rollup,
         ),
     )
 }

@@ -158,6 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     from service.entrypoints.cli_jobs import add_jobs_commands
 
     add_jobs_commands(commands)
+
+    from service.entrypoints.cli_analytics import add_analytics_command
+
+    add_analytics_command(commands)
     return parser
 
 

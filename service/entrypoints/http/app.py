@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from service.entrypoints.asyncapi import package_version
 from service.entrypoints.http import counts, inventory, operations, reconciliation, stream
+from service.entrypoints.http.analytics import router as analytics_router
 from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.jobs import router as jobs_router
 from service.entrypoints.http.middleware import BodySizeLimit, Contain, Cors, Observe
@@ -36,6 +37,7 @@ def create_app(services: ApiServices) -> FastAPI:
         (stream.router, "/api/inventory", "inventory"),
         (counts.router, "/api/inventory", "counts"),
         (reconciliation.router, "/api/inventory", "reconciliation"),
+        (analytics_router, "/api/inventory", "analytics"),
         (jobs_router, "/api/inventory", "operations"),
         (operations.router, "", "operations"),
     ):
