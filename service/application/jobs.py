@@ -77,6 +77,12 @@ async def _prune(engine: AsyncEngine, settings: Settings, actor: str) -> dict[st
     return (await prune(engine, settings)).as_json()
 
 
+async def _policies(engine: AsyncEngine, settings: Settings, actor: str) -> dict[str, Any]:
+    from service.application.policies import refresh_policies
+
+    return (await refresh_policies(engine, settings)).as_json()
+
+
 async def _reconcile(engine: AsyncEngine, settings: Settings, actor: str) -> dict[str, Any]:
     from service.application.reconciliation import reconcile
 
@@ -121,6 +127,13 @@ JOBS: dict[str, Job] = {
             "discrepancy",
             "job_reconcile_interval_hours",
             _reconcile,
+        ),
+        Job(
+            "policies",
+            "recompute every variant's 30-day demand, its supplier's measured lead time and "
+            "its computed reorder point",
+            "job_policies_interval_hours",
+            _policies,
         ),
         Job(
             "shrinkage",

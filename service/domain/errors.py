@@ -80,6 +80,25 @@ class InvalidExpiry(DomainError):
     code = "invalid_expiry"
 
 
+class InvalidOrderedAt(DomainError):
+    """A restock's `orderedAt` after the restock itself: a lead time cannot be negative."""
+
+    code = "invalid_ordered_at"
+
+    def __init__(self, variant_id: str, ordered_at: str) -> None:
+        super().__init__(
+            f"orderedAt {ordered_at} of the restock of {variant_id!r} is in the future; "
+            "it is when the delivery was ordered"
+        )
+        self.variant_id = variant_id
+
+
+class InvalidPolicy(DomainError):
+    """A policy whose values contradict each other (as they would stand once set)."""
+
+    code = "invalid_policy"
+
+
 class ProductMismatch(DomainError):
     """A restock names another product than the variant belongs to."""
 

@@ -32,6 +32,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.domain.errors import InvalidPolicy
+
 #: The z-score of a 95% cycle service level: the safety stock's multiplier.
 SERVICE_LEVEL_Z = 1.65
 #: The days of demand averaged.
@@ -164,3 +166,13 @@ def reorder(
         days_of_cover=days_of_cover(available, demand.average if demand else None),
         lead_time_days=lead,
     )
+
+
+def check_policy(reorder_point: int | None, max_stock: int | None) -> None:
+    """A configured `max_stock` must be above the configured reorder point: ordering up
+    to a level at or below it would never lift `available` above the point."""
+    if reorder_point is not None and max_stock is not None and max_stock <= reorder_point:
+        raise InvalidPolicy(
+            f"maxStock {max_stock} must be above reorderPoint {reorder_point}: ordering up "
+            "to it would never lift the stock above the reorder point"
+        )

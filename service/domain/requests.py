@@ -19,6 +19,7 @@ from service.domain.errors import (
     CountBelowReserved,
     InsufficientStock,
     InvalidExpiry,
+    InvalidOrderedAt,
     ProductMismatch,
     ReservationClosed,
     ReservationMismatch,
@@ -82,6 +83,10 @@ class RestockRequest:
     #: Optimistic concurrency: apply only if the variant is at this version (a variant
     #: that does not exist yet is at version 0).
     expected_version: int | None = None
+    #: The delivery's supplier, and when it was ordered (not after the restock): its
+    #: lead time, averaged per supplier by the `policies` job.
+    supplier_id: str | None = None
+    ordered_at: datetime | None = None
 
     @property
     def product_if_created(self) -> str | None:
@@ -263,6 +268,9 @@ def restock(
         raise UnknownVariant(*dict.fromkeys(unknown))
     _check_versions(ledger, [(r.variant_id, r.expected_version) for r in restocks])
     for r in restocks:
+        if r.ordered_at is not None and r.ordered_at > ledger.now:
+            raise InvalidOrderedAt(r.variant_id, r.ordered_at.isoformat())
+    for r in restocks:
         variant = ledger.variants.get(r.variant_id)
         if r.product_id and variant is not None and variant.product_id != r.product_id:
             raise ProductMismatch(r.variant_id, variant.product_id, r.product_id)
@@ -274,6 +282,8 @@ def restock(
             reason=r.reason,
             reference=r.reference,
             cause=cause,
+            supplier_id=r.supplier_id,
+            ordered_at=r.ordered_at,
         )
         for r in restocks
     ]

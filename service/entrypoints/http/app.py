@@ -10,6 +10,7 @@ from service.entrypoints.http.analytics import router as analytics_router
 from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.jobs import router as jobs_router
 from service.entrypoints.http.middleware import BodySizeLimit, Contain, Cors, Observe
+from service.entrypoints.http.policies import router as policies_router
 from service.entrypoints.http.services import ApiServices
 
 DESCRIPTION = """
@@ -36,6 +37,7 @@ def create_app(services: ApiServices) -> FastAPI:
         (inventory.writes, "/api/inventory", "inventory"),
         (stream.router, "/api/inventory", "inventory"),
         (counts.router, "/api/inventory", "counts"),
+        (policies_router, "/api/inventory", "policies"),
         (reconciliation.router, "/api/inventory", "reconciliation"),
         (analytics_router, "/api/inventory", "analytics"),
         (jobs_router, "/api/inventory", "operations"),

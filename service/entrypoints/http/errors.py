@@ -21,6 +21,8 @@ from service.domain.errors import (
     InsufficientStock,
     InvalidCursor,
     InvalidExpiry,
+    InvalidOrderedAt,
+    InvalidPolicy,
     InvalidQuantity,
     NothingCounted,
     ProductMismatch,
@@ -58,6 +60,8 @@ STATUS_BY_CODE = {
     IdempotencyKeyReused.code: 422,
     InvalidQuantity.code: 422,
     InvalidExpiry.code: 422,
+    InvalidOrderedAt.code: 422,
+    InvalidPolicy.code: 422,
     InvalidCursor.code: 422,
 }
 _STATUS_CODES = {
@@ -156,6 +160,8 @@ def details_of(error: DomainError) -> Any:
         return {"reservationIds": list(error.reservation_ids)}
     if isinstance(error, UnknownProduct):
         return {"productId": error.product_id}
+    if isinstance(error, InvalidOrderedAt):
+        return {"variantId": error.variant_id}
     if isinstance(error, ProductMismatch):
         return {
             "variantId": error.variant_id,

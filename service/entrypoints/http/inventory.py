@@ -171,6 +171,8 @@ async def restock(
                 u.reason,
                 u.reference,
                 expected_version=u.expected_version,
+                supplier_id=u.supplier_id,
+                ordered_at=u.ordered_at,
             )
             for u in body.updates
         ],
@@ -266,6 +268,8 @@ async def audit_log(
                 event_id=row["source_event_id"],
                 actor=row["actor"],
                 created_at=row["created_at"],
+                supplier_id=row.get("supplier_id"),
+                ordered_at=row.get("ordered_at"),
             )
             for row in page.items
         ],

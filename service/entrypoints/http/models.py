@@ -96,6 +96,10 @@ class RestockLine(_Body):
     #: Apply only if the variant is at this version (as read from check, product or
     #: logs; 0 for a variant this restock creates); else 409 `version_conflict`.
     expected_version: Version | None = None
+    #: The supplier that delivered, and when the delivery was ordered (not in the
+    #: future; 422 `invalid_ordered_at`): its lead time, kept on the audit row.
+    supplier_id: Identifier | None = None
+    ordered_at: AwareDatetime | None = None
 
 
 class RestockBody(_Body):
@@ -211,6 +215,9 @@ class AuditEntry(_Answer):
     #: `stock-service` (the service's own jobs).
     actor: str
     created_at: datetime
+    #: A restock's supplier and order time, when it named them.
+    supplier_id: str | None = None
+    ordered_at: datetime | None = None
 
 
 class AuditLog(_Answer):
