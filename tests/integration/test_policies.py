@@ -166,6 +166,10 @@ async def test_policy_errors(http, s) -> None:
         assert (answer.status_code, answer.json()["code"]) == (422, "validation_failed"), bad
     # Nothing of the refused requests was kept.
     assert (await http.get(policy_url("tee"))).json()["maxStock"] is None
+    # Its path has two methods, and a 405 says so.
+    other = await http.delete(policy_url("tee"), headers=WRITE)
+    assert (other.status_code, other.json()["code"]) == (405, "method_not_allowed")
+    assert other.headers["allow"] == "GET, PUT"
 
 
 # ------------------------------------------------------------------ restocks
@@ -220,9 +224,11 @@ async def test_an_order_time_in_the_future_is_refused_and_nothing_is_applied(htt
     assert (answer.status_code, answer.json()["code"]) == (422, "invalid_ordered_at")
     assert answer.json()["details"] == {"variantId": "mug"}
     assert await s.stock("mug") == (1, 0)
-    naive = await restock(http, {"variantId": "mug", "quantity": 2,
-                                 "orderedAt": "2026-01-01T00:00:00"})
-    assert naive.json()["code"] == "validation_failed"
+    for not_a_time in ("2026-01-01T00:00:00", 0, True):  # no offset; a bare number
+        answer = await restock(
+            http, {"variantId": "mug", "quantity": 2, "orderedAt": not_a_time}
+        )
+        assert answer.json()["code"] == "validation_failed", not_a_time
 
 
 # ------------------------------------------------------------------ the computed point

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -86,6 +87,13 @@ class ReleaseBody(_Body):
     updates: _items(ReleaseUpdate)  # type: ignore[valid-type]
 
 
+def _rfc3339_text(value: Any) -> Any:
+    """A time is sent as RFC 3339 text: a bare number is not taken for a Unix time."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("a time is RFC 3339 text with a timezone offset")
+    return value
+
+
 class RestockLine(_Body):
     variant_id: Identifier
     quantity: Quantity
@@ -99,7 +107,7 @@ class RestockLine(_Body):
     #: The supplier that delivered, and when the delivery was ordered (not in the
     #: future; 422 `invalid_ordered_at`): its lead time, kept on the audit row.
     supplier_id: Identifier | None = None
-    ordered_at: AwareDatetime | None = None
+    ordered_at: Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)] | None = None
 
 
 class RestockBody(_Body):

@@ -13,7 +13,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from pydantic import Field
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 from stock_schemas.events import MAX_QUANTITY, Identifier
 
 from service.application.policies import Policies, PolicyView
@@ -23,9 +26,25 @@ from service.entrypoints.http.inventory import OPTIONAL_BEARER, VariantId, requi
 from service.entrypoints.http.models import _Answer, _Body
 from service.entrypoints.http.services import services
 
-router = APIRouter()
+#: The methods of the policy path (its GET and PUT are two routes).
+POLICY_METHODS = ("GET", "PUT")
+
+
+class _PolicyRoute(APIRoute):
+    """A 405 on the policy path lists both of its methods in `Allow`: Starlette would
+    name only those of the first route that matched the path."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in POLICY_METHODS:
+            raise HTTPException(status_code=405, headers={"Allow": ", ".join(POLICY_METHODS)})
+        await super().handle(scope, receive, send)
+
+
+router = APIRouter(route_class=_PolicyRoute)
 
 Units = Annotated[int, Field(ge=0, le=MAX_QUANTITY, strict=True)]
+Days = Annotated[float, Field(ge=0, le=365, strict=True, allow_inf_nan=False)]
+Percent = Annotated[float, Field(ge=0, le=100, strict=True, allow_inf_nan=False)]
 
 
 def policies(request: Request) -> Policies:
@@ -54,10 +73,10 @@ class PolicyBody(_Body):
     #: A reorder suggests ordering up to this; must be above the reorder point.
     max_stock: Annotated[int, Field(ge=1, le=MAX_QUANTITY, strict=True)] | None = None
     #: Days from order to delivery; unset: the supplier's measured average.
-    lead_time_days: Annotated[float, Field(ge=0, le=365, allow_inf_nan=False)] | None = None
+    lead_time_days: Days | None = None
     supplier_id: Identifier | None = None
     #: A stock count's tolerance in percent (default STOCK_COUNT_TOLERANCE_PERCENT).
-    tolerance_percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
+    tolerance_percent: Percent | None = None
 
 
 class EffectivePolicy(_Answer):
