@@ -1,4 +1,5 @@
-"""Tails `stock.changed` from Kafka and fans it out to live subscribers (the SSE stream).
+"""Tails `stock.changed` from Kafka and fans it out to live subscribers (the SSE stream
+and the WebSocket).
 
 It reads what was published, not what this process wrote: every change of every
 worker reaches every API process, after it committed. No consumer group: each API
@@ -7,6 +8,10 @@ process reads every partition from its end, and nothing it does affects the work
 Each subscriber has a bounded buffer. One that reads too slowly is cut off (it is
 told so, and reconnects) rather than buffered without end or allowed to hold up
 the others: the feed never waits for a subscriber.
+
+It also tails the alert topics (`stock.low`, `stock.anomaly`, and `stock.replenished`
+and `stock.reorder` where the settings name them), but offers an alert only to a
+subscriber that asked for its type: one that names none gets `stock.changed` alone.
 """
 
 from __future__ import annotations
@@ -29,15 +34,37 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+CHANGED = "stock.changed"
+#: The event types the feed carries, by the setting that names their topic. A type
+#: whose setting does not exist (an older version of the settings) is not carried.
+CARRIED_TYPES: dict[str, str] = {
+    CHANGED: "topic_stock_changed",
+    "stock.low": "topic_stock_low",
+    "stock.anomaly": "topic_stock_anomaly",
+    "stock.replenished": "topic_stock_replenished",
+    "stock.reorder": "topic_stock_reorder",
+}
+
+
+def carried_topics(settings: Settings) -> dict[str, str]:
+    """Event type -> its topic, for the types these settings name a topic for."""
+    found: dict[str, str] = {}
+    for event_type, setting in CARRIED_TYPES.items():
+        topic = getattr(settings, setting, None)
+        if isinstance(topic, str) and topic:
+            found[event_type] = topic
+    return found
+
 
 @dataclass(frozen=True, slots=True)
 class PublishedChange:
-    """One `stock.changed` CloudEvent as it was published."""
+    """One CloudEvent as it was published: a `stock.changed`, or an alert."""
 
     event_id: str
     variant_id: str
     product_id: str
     data: dict[str, Any]
+    event_type: str = CHANGED
 
 
 class SubscriberTooSlow(Exception):
@@ -50,17 +77,27 @@ class FeedClosed(Exception):
 
 class Subscription:
     def __init__(
-        self, capacity: int, variant_ids: Collection[str], product_ids: Collection[str]
+        self,
+        capacity: int,
+        variant_ids: Collection[str],
+        product_ids: Collection[str],
+        event_types: Collection[str] = (CHANGED,),
     ) -> None:
         self._capacity = capacity
         self._variant_ids = frozenset(variant_ids)
         self._product_ids = frozenset(product_ids)
+        self._event_types = frozenset(event_types)
         self._items: deque[PublishedChange] = deque()
         self._ready = asyncio.Event()
+        #: Set once the subscription ends (overflowed or closed): a reader blocked
+        #: elsewhere (on a slow socket) can wait for it.
+        self.ended = asyncio.Event()
         self.overflowed = False
         self.closed = False
 
     def wants(self, change: PublishedChange) -> bool:
+        if change.event_type not in self._event_types:
+            return False
         if not self._variant_ids and not self._product_ids:
             return True
         return change.variant_id in self._variant_ids or change.product_id in self._product_ids
@@ -68,6 +105,7 @@ class Subscription:
     def close(self) -> None:
         self.closed = True
         self._ready.set()
+        self.ended.set()
 
     def offer(self, change: PublishedChange) -> None:
         if self.overflowed:
@@ -85,6 +123,7 @@ class Subscription:
             self._items.clear()
             metrics.STREAM_DROPPED.inc()
         self._ready.set()
+        self.ended.set()
 
     async def next(self, wait_seconds: float) -> PublishedChange | None:
         """The next change, or None after `wait_seconds` without one."""
@@ -103,6 +142,9 @@ class StockChangeFeed:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topic = settings.topic_stock_changed
+        #: Event type -> topic, `stock.changed` first.
+        self.event_topics = carried_topics(settings)
+        self._type_of = {topic: event_type for event_type, topic in self.event_topics.items()}
         self._subscriptions: set[Subscription] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -134,9 +176,14 @@ class StockChangeFeed:
         return len(self._subscriptions)
 
     def subscribe(
-        self, variant_ids: Collection[str] = (), product_ids: Collection[str] = ()
+        self,
+        variant_ids: Collection[str] = (),
+        product_ids: Collection[str] = (),
+        event_types: Collection[str] = (CHANGED,),
     ) -> Subscription:
-        subscription = Subscription(self.settings.stream_client_buffer, variant_ids, product_ids)
+        subscription = Subscription(
+            self.settings.stream_client_buffer, variant_ids, product_ids, event_types
+        )
         self._subscriptions.add(subscription)
         metrics.STREAM_CLIENTS.set(len(self._subscriptions))
         return subscription
@@ -194,6 +241,19 @@ class StockChangeFeed:
             if not partitions:
                 raise RuntimeError(f"topic {self.topic!r} does not exist yet")
             assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            for topic in self._type_of:
+                if topic == self.topic:
+                    continue
+                alert_partitions = consumer.partitions_for_topic(topic)
+                if not alert_partitions:
+                    # The alerts are extras: their absence must not stop the changes.
+                    log.log(
+                        logging.DEBUG if self._tailed_before else logging.INFO,
+                        "topic %r does not exist; its events are not streamed",
+                        topic,
+                    )
+                    continue
+                assigned += [TopicPartition(topic, p) for p in sorted(alert_partitions)]
             consumer.assign(assigned)
             await consumer.seek_to_end(*assigned)
             for tp in assigned:
@@ -206,12 +266,12 @@ class StockChangeFeed:
             log.log(
                 logging.DEBUG if self._tailed_before else logging.INFO,
                 "stock change feed tailing %s (%d partitions)",
-                self.topic,
+                ", ".join(dict.fromkeys(tp.topic for tp in assigned)),
                 len(assigned),
             )
             self._tailed_before = True
             async for record in consumer:
-                change = _parse(record.value)
+                change = _parse(record.value, self._type_of.get(record.topic, CHANGED))
                 if change is None:
                     continue
                 for subscription in list(self._subscriptions):
@@ -223,11 +283,13 @@ class StockChangeFeed:
             await consumer.stop()
 
 
-def _parse(value: bytes | None) -> PublishedChange | None:
+def _parse(value: bytes | None, event_type: str = CHANGED) -> PublishedChange | None:
     try:
         event = json.loads(value or b"")
         data = event["data"]
-        return PublishedChange(str(event["id"]), data["variant_id"], data["product_id"], data)
+        return PublishedChange(
+            str(event["id"]), data["variant_id"], data["product_id"], data, event_type
+        )
     except (ValueError, KeyError, TypeError):
-        log.warning("unreadable message on the stock.changed topic; not streamed")
+        log.warning("unreadable message on the %s topic; not streamed", event_type)
         return None

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from service.entrypoints.asyncapi import package_version
 from service.entrypoints.http import counts, inventory, operations, reconciliation, stream
+from service.entrypoints.http import websocket as websocket_stream
 from service.entrypoints.http.analytics import router as analytics_router
 from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.jobs import router as jobs_router
@@ -19,6 +20,9 @@ Stock levels, reservations and the audit trail of the stock reservation worker.
 * Writes need `Authorization: Bearer <token>` (a token from `STOCK_API_TOKENS`).
 * Errors are `{"code", "message", "details"}`; insufficient stock is 409 with the shortages.
 * The Kafka side is described at [/asyncapi](/asyncapi) ([JSON](/asyncapi.json)).
+* Live changes: `GET /api/inventory/stream` (Server-Sent Events) and the WebSocket
+  `/api/inventory/ws` (also the alerts, with `events=`; not listed below: OpenAPI does
+  not describe WebSockets).
 """
 
 
@@ -36,6 +40,7 @@ def create_app(services: ApiServices) -> FastAPI:
         (inventory.reads, "/api/inventory", "inventory"),
         (inventory.writes, "/api/inventory", "inventory"),
         (stream.router, "/api/inventory", "inventory"),
+        (websocket_stream.router, "/api/inventory", "inventory"),
         (counts.router, "/api/inventory", "counts"),
         (policies_router, "/api/inventory", "policies"),
         (reconciliation.router, "/api/inventory", "reconciliation"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -27,6 +28,23 @@ router = APIRouter(dependencies=[Depends(require_read_token)])
 Ids = Annotated[list[str], Query(max_length=100)]
 
 
+@dataclass(frozen=True)
+class StreamFilter:
+    """Which variants a live stream (SSE or WebSocket) wants; none named: every one.
+    `Subscription.wants` applies it."""
+
+    variant_ids: list[str]
+    product_ids: list[str]
+
+
+def stream_filter(
+    variant_id: Annotated[Ids, Query(alias="variantId")] = [],  # noqa: B006
+    product_id: Annotated[Ids, Query(alias="productId")] = [],  # noqa: B006
+) -> StreamFilter:
+    """The filter query parameters, the same for /stream and /ws."""
+    return StreamFilter(variant_id, product_id)
+
+
 @router.get(
     "/stream",
     response_class=StreamingResponse,
@@ -35,8 +53,7 @@ Ids = Annotated[list[str], Query(max_length=100)]
 )
 async def stream_stock_changes(
     svc: Annotated[ApiServices, Depends(services)],
-    variant_id: Annotated[Ids, Query(alias="variantId")] = [],  # noqa: B006
-    product_id: Annotated[Ids, Query(alias="productId")] = [],  # noqa: B006
+    filters: Annotated[StreamFilter, Depends(stream_filter)],
 ) -> StreamingResponse:
     """Live `stock.changed` events, optionally only for some variants or products
     (repeat `variantId` / `productId` for several; a change matching either is sent)."""
@@ -44,7 +61,7 @@ async def stream_stock_changes(
         # Each stream holds a connection until its client goes: cap them, so clients
         # that never read cannot exhaust the process's file descriptors.
         raise TooManyStreams
-    subscription = svc.feed.subscribe(variant_id, product_id)
+    subscription = svc.feed.subscribe(filters.variant_ids, filters.product_ids)
     return StreamingResponse(
         _events(svc, subscription),
         media_type="text/event-stream",
