@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     job_policies_interval_hours: float = Field(default=24.0, gt=0)
     #: The `rollup` job: whole past days into variant_daily_sales (docs/analytics.md).
     job_rollup_interval_hours: float = Field(default=1.0, gt=0)
+    #: How often the `report-daily`, `report-weekly` and `report-monthly` jobs look for
+    #: a period that has ended and write its report (once: a written one is skipped).
+    job_reports_interval_hours: float = Field(default=1.0, gt=0)
+    #: Where reports are written (`<dir>/<kind>/<period>/`), by the jobs and by
+    #: `stock report` without `--out`; relative to the process's working directory.
+    reports_dir: str = Field(default="reports", min_length=1)
 
     #: Backoff while the database is unreachable: doubles up to the maximum.
     retry_initial_backoff_seconds: float = Field(default=0.1, gt=0)

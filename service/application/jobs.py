@@ -104,6 +104,15 @@ async def _rollup(engine: AsyncEngine, settings: Settings, actor: str) -> dict[s
     return (await roll_up(engine)).as_json()
 
 
+def _report(kind: str) -> JobWork:
+    async def work(engine: AsyncEngine, settings: Settings, actor: str) -> dict[str, Any]:
+        from service.application.reports import scheduled_report
+
+        return await scheduled_report(engine, settings, kind)
+
+    return work
+
+
 async def _shrinkage(engine: AsyncEngine, settings: Settings, actor: str) -> dict[str, Any]:
     from service.application.anomaly_checks import check_shrinkage
 
@@ -148,6 +157,17 @@ JOBS: dict[str, Job] = {
             "day), which abcClass reads",
             "job_rollup_interval_hours",
             _rollup,
+        ),
+        *(
+            Job(
+                f"report-{kind}",
+                f"write the {kind} report of the last {period} that has ended (Markdown, CSV, "
+                "PNG charts under STOCK_REPORTS_DIR) unless it is written already",
+                "job_reports_interval_hours",
+                _report(kind),
+            )
+            for kind, period in (("daily", "UTC day"), ("weekly", "ISO week"),
+                                 ("monthly", "month"))
         ),
     )
 }

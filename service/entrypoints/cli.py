@@ -162,6 +162,10 @@ def _parser() -> argparse.ArgumentParser:
     from service.entrypoints.cli_analytics import add_analytics_command
 
     add_analytics_command(commands)
+
+    from service.entrypoints.cli_reports import add_report_command
+
+    add_report_command(commands)
     return parser
 
 

@@ -224,7 +224,10 @@ async def test_jobs_show_in_metrics_and_in_the_jobs_endpoint(engine, api_setting
 
     assert (body["schedulerEnabled"], body["schedulerRunning"]) == (True, False)
     jobs = {job["name"]: job for job in body["jobs"]}
-    assert set(jobs) == {"prune", "reconcile", "policies", "shrinkage", "rollup"}
+    assert set(jobs) == {
+        "prune", "reconcile", "policies", "shrinkage", "rollup",
+        "report-daily", "report-weekly", "report-monthly",
+    }
     prune = jobs["prune"]
     assert prune["intervalHours"] == 24
     assert prune["lastRun"]["outcome"] == "succeeded"
@@ -321,7 +324,8 @@ async def test_stock_prune_dry_run_then_prune_and_stock_jobs(
     listed = json.loads(out)
     assert listed["schedulerEnabled"] is False
     assert [job["name"] for job in listed["jobs"]] == [
-        "prune", "reconcile", "policies", "shrinkage", "rollup"]
+        "prune", "reconcile", "policies", "shrinkage", "rollup",
+        "report-daily", "report-weekly", "report-monthly"]
 
 
 async def test_stock_jobs_run_runs_a_job_now_even_if_it_is_not_due(

@@ -12,6 +12,7 @@ from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.jobs import router as jobs_router
 from service.entrypoints.http.middleware import BodySizeLimit, Contain, Cors, Observe
 from service.entrypoints.http.policies import router as policies_router
+from service.entrypoints.http.reports import router as reports_router
 from service.entrypoints.http.services import ApiServices
 
 DESCRIPTION = """
@@ -45,6 +46,7 @@ def create_app(services: ApiServices) -> FastAPI:
         (policies_router, "/api/inventory", "policies"),
         (reconciliation.router, "/api/inventory", "reconciliation"),
         (analytics_router, "/api/inventory", "analytics"),
+        (reports_router, "/api/inventory", "reports"),
         (jobs_router, "/api/inventory", "operations"),
         (operations.router, "", "operations"),
     ):
