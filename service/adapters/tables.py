@@ -326,6 +326,15 @@ rollups = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+#: abcClass's ranking over the 90 whole days before the day of its `rollups` row
+#: (`abc_tiers`): how many variants sold each number of units (units > 0).
+abc_tiers = Table(
+    "abc_tiers",
+    metadata,
+    Column("units", BigInteger, primary_key=True),
+    Column("variants", BigInteger, nullable=False),
+)
+
 #: Each report's figures as last written (service/application/reports.py): one row per
 #: kind and period; the latest of a kind has the latest period_start.
 reports = Table(

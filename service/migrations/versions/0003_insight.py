@@ -115,6 +115,14 @@ UPGRADE = [
         updated_at timestamptz NOT NULL DEFAULT now()
     )
     """,
+    # abcClass's ranking of every variant over the 90 whole days before the day in its
+    # `rollups` row: how many variants sold each number of units (the rollup job).
+    """
+    CREATE TABLE abc_tiers (
+        units bigint PRIMARY KEY,
+        variants bigint NOT NULL
+    )
+    """,
     # Reports (service/application/reports.py): each period's figures as last written,
     # one row per kind and period (a report written again replaces its row); the
     # latest of a kind is the one with the latest period_start (the primary key).
@@ -152,6 +160,9 @@ DOWNGRADE = [
         DROP COLUMN supplier_id, DROP COLUMN avg_daily_demand, DROP COLUMN demand_stdev,
         DROP COLUMN measured_lead_time_days, DROP COLUMN computed_reorder_point,
         DROP COLUMN out_of_stock_since
+    """,
+    """
+    DROP TABLE abc_tiers
     """,
     """
     DROP TABLE rollups
