@@ -54,7 +54,9 @@ from service.application.analytics import (
     AnalyticsQuery,
     abc_ranges,
     analytics,
+    rank,
     roll_up,
+    tiers_ranges,
 )
 
 #: The generator's time of a row: `timestamptz '2026-01-01' + interval '1 minute' * n`
@@ -190,6 +192,9 @@ def _render(node: dict[str, Any], depth: int = 0) -> list[str]:
 
 
 async def measure_rollup(engine: AsyncEngine, say: Any) -> dict[str, Any]:
+    async with engine.begin() as conn:  # from nothing, also on a database measured before
+        await conn.execute(text("TRUNCATE variant_daily_sales, abc_tiers"))
+        await conn.execute(text("DELETE FROM rollups"))
     first_seconds, _, first = await timed(1, lambda: roll_up(engine))
     say(f"rollup, first run: {first.days} days, {first.rows:,} rows in {first_seconds:.1f}s")
     # One day more: the last day with sales taken out again, then rolled up.
@@ -202,12 +207,17 @@ async def measure_rollup(engine: AsyncEngine, say: Any) -> dict[str, Any]:
                 {"hi": datetime.combine(last, datetime.min.time(), UTC)},
             )
     day_seconds, _, day = await timed(1, lambda: roll_up(engine))
-    say(f"rollup, one day: {day.rows:,} rows in {day_seconds:.2f}s")
+    say(f"rollup, one day: {day.rows:,} rows in {day_seconds:.2f}s (with the ranking)")
+    ranked = day.complete_before
+    await rank(engine, ranked - timedelta(days=1))
+    rank_seconds, _, tiers = await timed(1, lambda: rank(engine, ranked))
+    say(f"abc_tiers alone: {tiers[1]} tiers in {rank_seconds:.2f}s")
     async with engine.connect() as conn:
         rows = (await conn.execute(text("SELECT count(*) FROM variant_daily_sales"))).scalar()
     return {
         "first_run": {"seconds": round(first_seconds, 1), "days": first.days, "rows": first.rows},
         "one_day": {"seconds": round(day_seconds, 2), "days": day.days, "rows": day.rows},
+        "ranking": {"seconds": round(rank_seconds, 2), "tiers": tiers[1]},
         "table_rows": rows,
         "complete_before": day.complete_before.isoformat(),
     }
@@ -220,39 +230,35 @@ async def measure_queries(
         now = (await conn.execute(text("SELECT now()"))).scalar_one()
     middle = plan.variants // 2
     product = f"p{middle // 10:07d}"
-    cases: dict[str, tuple[AnalyticsQuery, bool]] = {
-        "one product, 90 days, rollup": (
-            AnalyticsQuery(now - timedelta(days=90), now, product_ids=(product,)), True
+    ninety = AnalyticsQuery(now - timedelta(days=90), now, product_ids=(product,))
+    cases: dict[str, tuple[AnalyticsQuery, str]] = {
+        "one product, 90 days (abcClass from abc_tiers)": (ninety, "auto"),
+        "one product, 90 days (abcClass from the rollup and the raw log)": (ninety, "rollup"),
+        "one product, 90 days (abcClass from the raw log alone)": (ninety, "log"),
+        "one product, 366 days": (
+            AnalyticsQuery(now - timedelta(days=366), now, product_ids=(product,)), "auto"
         ),
-        "one product, 90 days, raw log only": (
-            AnalyticsQuery(now - timedelta(days=90), now, product_ids=(product,)), False
-        ),
-        "one product, 366 days, rollup": (
-            AnalyticsQuery(now - timedelta(days=366), now, product_ids=(product,)), True
-        ),
-        "one product, 90 days ending 300 days ago, rollup": (
+        "one product, 90 days ending 300 days ago (abcClass from the rollup)": (
             AnalyticsQuery(
                 now - timedelta(days=390), now - timedelta(days=300), product_ids=(product,)
             ),
-            True,
+            "auto",
         ),
-        "1,000 variants (no filter, first page), 90 days, rollup": (
+        "1,000 variants (no filter, a page), 90 days": (
             AnalyticsQuery(now - timedelta(days=90), now, limit=1000, after=variant_id(middle)),
-            True,
+            "auto",
         ),
     }
     results: dict[str, Any] = {}
-    for label, (query, rollup) in cases.items():
+    for label, (query, abc) in cases.items():
         seconds, runs, report = await timed(
-            repeat, lambda q=query, r=rollup: analytics(engine, q, use_rollup=r)
+            repeat, lambda q=query, a=abc: analytics(engine, q, abc=a)
         )
         results[label] = {
             "seconds": round(seconds, 4),
             "runs": runs,
             "variants": len(report.variants),
-            "rollup_days": None
-            if report.rollup_days is None
-            else [d.isoformat() for d in report.rollup_days],
+            "abc_source": report.abc_source,
             "sample": report.variants[0].as_json() if report.variants else None,
         }
         say(f"{label}: median {seconds * 1000:.0f} ms of {runs}")
@@ -266,7 +272,7 @@ async def measure_queries(
                 {"p": product},
             )
         ]
-        complete_before = (await conn.execute(analytics_sql.CLOCK)).one().rollup_complete_before
+        clock = (await conn.execute(analytics_sql.CLOCK)).one()
     start, end = now - timedelta(days=90), now
     plans = {
         "figures (one product, 90 days)": await explain(
@@ -274,9 +280,13 @@ async def measure_queries(
             analytics_sql.FIGURES,
             {"ids": ids, "from_ts": start, "to_ts": end, "cover_from": end - COVER_PERIOD},
         ),
+        "abc (abc_tiers)": await explain(
+            engine, analytics_sql.ABC_FROM_TIERS,
+            {"ids": ids, **tiers_ranges(end, clock.tiers_day)},
+        ),
         "abc (rollup)": await explain(
             engine, analytics_sql.ABC,
-            {"ids": ids, **abc_ranges(end - ABC_PERIOD, end, complete_before)},
+            {"ids": ids, **abc_ranges(end - ABC_PERIOD, end, clock.rollup_complete_before)},
         ),
         "abc (raw log only)": await explain(
             engine, analytics_sql.ABC, {"ids": ids, **abc_ranges(end - ABC_PERIOD, end, None)}
@@ -431,12 +441,13 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"rollup: first run {r['first_run']['seconds']}s ({r['first_run']['days']} days, "
         f"{r['first_run']['rows']:,} rows); one more day {r['one_day']['seconds']}s "
-        f"({r['one_day']['rows']:,} rows); {r['table_rows']:,} rows in all"
+        f"({r['one_day']['rows']:,} rows); {r['table_rows']:,} rows in all; abc_tiers "
+        f"{r['ranking']['seconds']}s ({r['ranking']['tiers']} tiers)"
     )
     print(f"product {result['product']}: {', '.join(result['variants_of_product'])}")
     for label, call in result["calls"].items():
         print(f"  {label}: median {call['seconds'] * 1000:.1f} ms {call['runs']} "
-              f"({call['variants']} variants, rollup days {call['rollup_days']})")
+              f"({call['variants']} variants, abcClass from {call['abc_source']})")
     for label, found in result["plans"].items():
         print(f"\nEXPLAIN ANALYZE {label}: {found['ms']} ms "
               f"(planning {found['planning_ms']} ms), hit {found['shared_hit_blocks']} "

@@ -25,6 +25,9 @@ from sqlalchemy import text
 
 #: The rollup whose row in `rollups` says how far `variant_daily_sales` is complete.
 DAILY_SALES = "variant_daily_sales"
+#: The row of `rollups` whose `complete_before` is the day D of `abc_tiers`: the ranking
+#: over [D - 90 days, D).
+ABC_TIERS = "abc_tiers"
 
 
 def within_tolerance_sql(variance: str, expected: str, tolerance_percent: str) -> str:
@@ -65,7 +68,8 @@ CLOCK = text(
     f"""
     SELECT now() AS now,
            (SELECT complete_before FROM rollups WHERE name = '{DAILY_SALES}')
-               AS rollup_complete_before
+               AS rollup_complete_before,
+           (SELECT complete_before FROM rollups WHERE name = '{ABC_TIERS}') AS tiers_day
     """
 )
 
@@ -185,14 +189,34 @@ FIGURES = text(
     """
 )
 
-#: Units sold over [:abc_from, :abc_to) by every variant, from the rollup's whole days
-#: [:day_lo, :day_hi) and the raw SALE rows of the rest ([:abc_from, :raw_lo_end) and
-#: [:raw_hi_start, :abc_to)); then, for each variant of :ids, its units, the units of
-#: the variants that sold more than it, the total, and its class: A while the
-#: variants that sold more make less than 80% of the total, B less than 95%, else C
-#: (no sales: C). Variants that sold the same share a class.
+#: The end of both ABC statements: for each variant of :ids (`mine`: its units), the
+#: units of the variants that sold more than it and the total (from `tiers`: how many
+#: variants sold each number of units), and its class: A while the variants that sold
+#: more make less than 80% of the total, B less than 95%, else C (no sales: C).
+#: Variants that sold the same share a class.
+_RANK = """
+    ranked AS (
+        SELECT m.variant_id, m.ord, m.units,
+               (SELECT coalesce(sum(t.units * t.variants), 0) FROM tiers AS t
+                WHERE t.units > m.units) AS sold_by_better,
+               (SELECT coalesce(sum(t.units * t.variants), 0) FROM tiers AS t) AS total
+        FROM mine AS m
+    )
+    SELECT variant_id, units, sold_by_better, total,
+           CASE WHEN units <= 0 OR total <= 0 THEN 'C'
+                WHEN sold_by_better * 100 < 80 * total THEN 'A'
+                WHEN sold_by_better * 100 < 95 * total THEN 'B'
+                ELSE 'C' END AS abc_class
+    FROM ranked
+    ORDER BY ord
+"""
+
+#: abcClass from every variant's units sold over [:abc_from, :abc_to): the rollup's
+#: whole days [:day_lo, :day_hi) and the raw SALE rows of the rest ([:abc_from,
+#: :raw_lo_end) and [:raw_hi_start, :abc_to)). Reads a row per variant and day with
+#: sales: seconds at a million variants (docs/analytics.md, "Scale").
 ABC = text(
-    """
+    f"""
     WITH sold AS MATERIALIZED (
         SELECT variant_id, sum(units) AS units
         FROM (
@@ -215,20 +239,59 @@ ABC = text(
         FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS s(variant_id, ord)
         LEFT JOIN sold AS d ON d.variant_id = s.variant_id
     ),
-    ranked AS (
-        SELECT m.variant_id, m.ord, m.units,
-               (SELECT coalesce(sum(t.units * t.variants), 0) FROM tiers AS t
-                WHERE t.units > m.units) AS sold_by_better,
-               (SELECT coalesce(sum(t.units * t.variants), 0) FROM tiers AS t) AS total
-        FROM mine AS m
-    )
-    SELECT variant_id, units, sold_by_better, total,
-           CASE WHEN units <= 0 OR total <= 0 THEN 'C'
-                WHEN sold_by_better * 100 < 80 * total THEN 'A'
-                WHEN sold_by_better * 100 < 95 * total THEN 'B'
-                ELSE 'C' END AS abc_class
-    FROM ranked
-    ORDER BY ord
+    {_RANK}
+    """
+)
+
+#: abcClass from `abc_tiers`, the ranking over S = [D - 90 days, D), moved to the 90
+#: days before `to`: the SALE rows of [:r1_lo, :r1_hi) count :s1 times, those of
+#: [:r2_lo, :r2_hi) :s2 times (for `to` after D: + [D, to) - [D - 90 days, to - 90 days)).
+#: Each variant they touch (and each of :ids) leaves the tier of its units over S (the
+#: rollup's days [:s_lo, :d_day)) for the tier of its units over the 90 days.
+ABC_FROM_TIERS = text(
+    f"""
+    WITH delta AS (
+        SELECT variant_id, sum(units) AS units
+        FROM (
+            SELECT variant_id, -delta_on_hand * :s1 AS units FROM audit_log
+            WHERE change_type = 'SALE' AND created_at >= :r1_lo AND created_at < :r1_hi
+            UNION ALL
+            SELECT variant_id, -delta_on_hand * :s2 FROM audit_log
+            WHERE change_type = 'SALE' AND created_at >= :r2_lo AND created_at < :r2_hi
+        ) AS u
+        GROUP BY variant_id
+    ),
+    touched AS (
+        SELECT variant_id FROM delta
+        UNION
+        SELECT unnest(CAST(:ids AS text[]))
+    ),
+    moved AS MATERIALIZED (
+        SELECT t.variant_id,
+               coalesce((SELECT sum(r.units_sold) FROM variant_daily_sales AS r
+                         WHERE r.variant_id = t.variant_id
+                           AND r.day >= :s_lo AND r.day < :d_day), 0) AS before,
+               coalesce(d.units, 0) AS change
+        FROM touched AS t
+        LEFT JOIN delta AS d ON d.variant_id = t.variant_id
+    ),
+    tiers AS MATERIALIZED (
+        SELECT units, sum(variants) AS variants
+        FROM (
+            SELECT units, variants FROM abc_tiers
+            UNION ALL
+            SELECT before, -1 FROM moved WHERE before > 0
+            UNION ALL
+            SELECT before + change, 1 FROM moved WHERE before + change > 0
+        ) AS t
+        GROUP BY units
+    ),
+    mine AS (
+        SELECT s.variant_id, s.ord, coalesce(m.before + m.change, 0) AS units
+        FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS s(variant_id, ord)
+        LEFT JOIN moved AS m ON m.variant_id = s.variant_id
+    ),
+    {_RANK}
     """
 )
 
@@ -274,5 +337,31 @@ ROLL_UP = text(
 MARK_ROLLED_UP = text(
     f"""
     UPDATE rollups SET complete_before = :hi, updated_at = now() WHERE name = '{DAILY_SALES}'
+    """
+)
+
+#: The ranking over the rollup's days [:lo, :hi) (90 of them), replacing the last one;
+#: one at a time.
+LOCK_TIERS = text(f"SELECT pg_advisory_xact_lock(hashtext('stock-{ABC_TIERS}'))")
+TIERS_STATE = text(f"SELECT complete_before FROM rollups WHERE name = '{ABC_TIERS}'")
+CLEAR_TIERS = text("DELETE FROM abc_tiers")
+BUILD_TIERS = text(
+    """
+    INSERT INTO abc_tiers (units, variants)
+    SELECT units, count(*)
+    FROM (
+        SELECT sum(units_sold) AS units FROM variant_daily_sales
+        WHERE day >= :lo AND day < :hi
+        GROUP BY variant_id
+    ) AS s
+    WHERE units > 0
+    GROUP BY units
+    """
+)
+MARK_TIERS = text(
+    f"""
+    INSERT INTO rollups (name, complete_before) VALUES ('{ABC_TIERS}', :day)
+    ON CONFLICT (name) DO UPDATE SET
+        complete_before = excluded.complete_before, updated_at = now()
     """
 )

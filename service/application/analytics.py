@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -40,6 +40,12 @@ MAX_LIMIT = 1000
 MAX_IDS = 1000
 #: Whole days one rollup transaction fills (the first run may have a long history).
 ROLLUP_CHUNK_DAYS = 31
+#: abcClass starts from `abc_tiers` (the ranking over the 90 days before its day D)
+#: when `to` is at most this far from D, correcting it by the SALE rows in between.
+TIERS_REACH = timedelta(days=2)
+#: Where abcClass comes from: `abc_tiers` corrected, the rollup and the raw log, or the
+#: raw log alone; `auto`: the first that can answer.
+AbcSource = Literal["tiers", "rollup", "log"]
 
 INVALID_WINDOW = "invalid_window"
 
@@ -113,8 +119,8 @@ class AnalyticsReport:
     variants: list[VariantFigures]
     #: Pass as `after` for the next page; None on the last.
     next_after: str | None
-    #: The rollup's whole days the ABC class read (None: only the raw log).
-    rollup_days: tuple[date, date] | None = None
+    #: Where abcClass came from.
+    abc_source: AbcSource = "log"
 
     @property
     def window_seconds(self) -> float:
@@ -180,6 +186,19 @@ def _next_midnight(moment: datetime) -> date:
     return day if utc == _midnight(day) else day + timedelta(days=1)
 
 
+def tiers_ranges(end: datetime, tiers_day: datetime) -> dict[str, Any]:
+    """The parameters of sql.ABC_FROM_TIERS: `abc_tiers` ranks [D - 90 days, D); the 90
+    days before `end` add the SALE rows of [D, end) and drop those of
+    [D - 90 days, end - 90 days) (the other way round when `end` is before D)."""
+    low, high = sorted((tiers_day, end))
+    sign = 1 if end >= tiers_day else -1
+    return {
+        "r1_lo": low, "r1_hi": high, "s1": sign,
+        "r2_lo": low - ABC_PERIOD, "r2_hi": high - ABC_PERIOD, "s2": -sign,
+        "s_lo": (tiers_day - ABC_PERIOD).date(), "d_day": tiers_day.date(),
+    }
+
+
 def abc_ranges(
     start: datetime, end: datetime, complete_before: datetime | None
 ) -> dict[str, Any]:
@@ -207,11 +226,16 @@ def abc_ranges(
 
 
 async def analytics(
-    engine: AsyncEngine, query: AnalyticsQuery, *, use_rollup: bool = True
+    engine: AsyncEngine,
+    query: AnalyticsQuery,
+    *,
+    abc: AbcSource | Literal["auto"] = "auto",
 ) -> AnalyticsReport:
     """The figures of one page of the query's scope over its window, from one snapshot
-    (REPEATABLE READ, read only). `use_rollup=False` reads the raw log alone (the tests
-    and the benchmark compare the two)."""
+    (REPEATABLE READ, read only). `abc` forces where abcClass comes from (the tests and
+    the benchmark compare them; each gives the same classes); `auto`: `abc_tiers` when
+    `to` is within TIERS_REACH of its day, else the rollup with the raw log, else the
+    raw log."""
     if not 1 <= query.limit <= MAX_LIMIT:
         raise ValueError(f"limit must be 1 to {MAX_LIMIT}")
     async with engine.connect() as conn:
@@ -238,19 +262,36 @@ async def analytics(
             page, more = rows[: query.limit], len(rows) > query.limit
             ids = [r.variant_id for r in page]
             products = {r.variant_id: r.product_id for r in page}
-            complete_before = clock.rollup_complete_before if use_rollup else None
-            ranges = abc_ranges(end - ABC_PERIOD, end, complete_before)
             figures = await figures_of(conn, ids, start, end)
-            classes = await abc_of(conn, ids, ranges)
+            source = _abc_source(abc, end, clock)
+            if source == "tiers":
+                ranges = tiers_ranges(end, clock.tiers_day)
+                classes = await _abc(conn, sql.ABC_FROM_TIERS, ids, ranges)
+            else:
+                complete_before = clock.rollup_complete_before if source == "rollup" else None
+                classes = await _abc(
+                    conn, sql.ABC, ids, abc_ranges(end - ABC_PERIOD, end, complete_before)
+                )
     window = Decimal((end - start) / timedelta(microseconds=1)) / 1_000_000
     variants = [
         _variant(row, products[row.variant_id], classes[row.variant_id], window)
         for row in figures
     ]
-    used = (ranges["day_lo"], ranges["day_hi"]) if ranges["day_lo"] < ranges["day_hi"] else None
     return AnalyticsReport(
-        start, end, variants, ids[-1] if more and ids else None, rollup_days=used
+        start, end, variants, ids[-1] if more and ids else None, abc_source=source
     )
+
+
+def _abc_source(wanted: str, end: datetime, clock: Any) -> AbcSource:
+    tiers_day, complete_before = clock.tiers_day, clock.rollup_complete_before
+    usable_tiers = tiers_day is not None and abs(end - tiers_day) <= TIERS_REACH
+    if wanted == "tiers" and not usable_tiers:
+        raise ValueError("abc_tiers cannot answer for this `to`")
+    if wanted in ("tiers", "log") or (wanted == "rollup" and complete_before is not None):
+        return wanted  # type: ignore[return-value]
+    if wanted == "auto" and usable_tiers:
+        return "tiers"
+    return "rollup" if complete_before is not None else "log"
 
 
 async def _check_known(conn: AsyncConnection, query: AnalyticsQuery) -> None:
@@ -282,12 +323,12 @@ async def figures_of(
     return list(result.all())
 
 
-async def abc_of(
-    conn: AsyncConnection, ids: Sequence[str], ranges: dict[str, Any]
+async def _abc(
+    conn: AsyncConnection, statement: Any, ids: Sequence[str], ranges: dict[str, Any]
 ) -> dict[str, Any]:
     if not ids:
         return {}
-    result = await conn.execute(sql.ABC, {"ids": list(ids), **ranges})
+    result = await conn.execute(statement, {"ids": list(ids), **ranges})
     return {row.variant_id: row for row in result}
 
 
@@ -343,12 +384,18 @@ class RollupRun:
     complete_before: datetime
     days: int
     rows: int
+    #: The day of `abc_tiers` if this run ranked again (None: it was up to date).
+    tiers_day: datetime | None = None
+    #: Tiers (distinct units sold) of that ranking.
+    tiers: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
             "completeBefore": self.complete_before.isoformat(),
             "days": self.days,
             "rows": self.rows,
+            "tiersDay": None if self.tiers_day is None else self.tiers_day.isoformat(),
+            "tiers": self.tiers,
         }
 
 
@@ -375,6 +422,24 @@ async def roll_up(engine: AsyncEngine) -> RollupRun:
             await conn.execute(sql.MARK_ROLLED_UP, {"hi": hi})
             rows += max(written.rowcount or 0, 0)
             days += round((hi - done) / timedelta(days=1))
-    if days:
+    tiers_day, tiers = await rank(engine, done)
+    if days or tiers_day:
         log.info("rollup: %d days, %d rows; complete before %s", days, rows, done.isoformat())
-    return RollupRun(done, days, rows)
+    return RollupRun(done, days, rows, tiers_day, tiers)
+
+
+async def rank(engine: AsyncEngine, day: datetime) -> tuple[datetime | None, int]:
+    """`abc_tiers` for the 90 days before `day` (a UTC midnight the rollup has reached),
+    unless it is for that day already: (the day, its tiers), or (None, 0)."""
+    async with engine.begin() as conn:
+        await conn.execute(sql.LOCK_TIERS)  # one ranking at a time
+        current = (await conn.execute(sql.TIERS_STATE)).scalar_one_or_none()
+        if current == day:
+            return None, 0
+        await conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+        await conn.execute(sql.CLEAR_TIERS)
+        written = await conn.execute(
+            sql.BUILD_TIERS, {"lo": (day - ABC_PERIOD).date(), "hi": day.date()}
+        )
+        await conn.execute(sql.MARK_TIERS, {"day": day})
+        return day, max(written.rowcount or 0, 0)

@@ -38,6 +38,7 @@ from service.application.analytics import (
     AnalyticsQuery,
     InvalidWindow,
     analytics,
+    rank,
     roll_up,
 )
 from service.domain.counts import within_tolerance
@@ -138,11 +139,9 @@ async def shop(engine: AsyncEngine, base: datetime) -> datetime:
 
 async def figures(
     engine: AsyncEngine, start: datetime | None, end: datetime | None, *variants: str,
-    use_rollup: bool = True,
+    abc: str = "auto",
 ) -> dict[str, dict]:
-    report = await analytics(
-        engine, AnalyticsQuery(start, end, variant_ids=variants), use_rollup=use_rollup
-    )
+    report = await analytics(engine, AnalyticsQuery(start, end, variant_ids=variants), abc=abc)
     return {v.variant_id: v.as_json() for v in report.variants}
 
 
@@ -265,33 +264,39 @@ async def test_variants_that_sold_the_same_share_a_class(engine, base) -> None:
 
 async def test_the_rollup_and_the_raw_log_give_the_same_figures(engine, shop) -> None:
     """The rollup takes the whole past days (the sales above: 20 days ago), the raw log
-    the day of `to` and the start of the 90 days."""
+    the day of `to` and the start of the 90 days; abc_tiers ranks the 90 days before
+    today, and `to` (a minute ago) moves it by the SALE rows in between."""
     async with engine.connect() as conn:
         end = (await conn.execute(text("SELECT now()"))).scalar_one() - timedelta(minutes=1)
-    raw = await figures(engine, end - timedelta(days=30), end, *"abcdefh", use_rollup=False)
+    start = end - timedelta(days=30)
+    raw = await figures(engine, start, end, *"abcdefh", abc="log")
     run = await roll_up(engine)
     assert run.days == 20 and run.rows == 5  # one row per variant and day with sales
+    assert run.tiers_day == run.complete_before and run.tiers == 5  # 50, 30, 10, 6, 4
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
                 text("SELECT variant_id, day, units_sold FROM variant_daily_sales ORDER BY 1")
             )
         ).all()
+        tiers = (await conn.execute(text("SELECT units, variants FROM abc_tiers"))).all()
     assert [(r.variant_id, r.day, r.units_sold) for r in rows] == [
         (v, shop.date(), units) for v, units in (("a", 10), ("b", 50), ("c", 30), ("d", 6),
                                                  ("h", 4))
     ]
-    report = await analytics(
-        engine, AnalyticsQuery(end - timedelta(days=30), end, variant_ids=tuple("abcdefh"))
-    )
-    assert report.rollup_days is not None and report.rollup_days[0] <= shop.date()
-    rolled = {v.variant_id: v.as_json() for v in report.variants}
-    assert rolled == raw
-    assert {v: f["abcClass"] for v, f in rolled.items()} == {
+    assert sorted(tuple(t) for t in tiers) == [(4, 1), (6, 1), (10, 1), (30, 1), (50, 1)]
+    for source in ("auto", "rollup"):
+        report = await analytics(
+            engine, AnalyticsQuery(start, end, variant_ids=tuple("abcdefh")), abc=source
+        )
+        assert report.abc_source == ("tiers" if source == "auto" else "rollup")
+        assert {v.variant_id: v.as_json() for v in report.variants} == raw
+    assert {v: f["abcClass"] for v, f in raw.items()} == {
         "a": "B", "b": "A", "c": "A", "d": "B", "e": "C", "f": "C", "h": "C",
     }
     again = await roll_up(engine)
     assert again.days == 0 and again.complete_before == run.complete_before
+    assert again.tiers_day is None  # ranked already for that day
 
 
 async def test_the_rollup_and_the_raw_log_agree_at_a_fixed_time_on_every_figure(
@@ -299,9 +304,43 @@ async def test_the_rollup_and_the_raw_log_agree_at_a_fixed_time_on_every_figure(
 ) -> None:
     await roll_up(engine)
     for start, end in ((h(shop, 1), h(shop, 11)), (h(shop, 0), h(shop, 24 * 15))):
-        rolled = await figures(engine, start, end, *"abcdefh")
-        raw = await figures(engine, start, end, *"abcdefh", use_rollup=False)
+        rolled = await figures(engine, start, end, *"abcdefh", abc="rollup")
+        raw = await figures(engine, start, end, *"abcdefh", abc="log")
         assert rolled == raw
+
+
+async def test_abc_tiers_moved_to_a_later_or_an_earlier_to(engine, shop) -> None:
+    """abc_tiers ranks [D - 90 days, D). For `to` = D + 10 h the 90 days gain the sales
+    of [D, D + 10 h) and lose those of [D - 90 days, D - 90 days + 10 h); for D - 10 h
+    the other way round. Variant s sold 1 at D - 90 d - 5 h, 2 at D - 90 d + 3 h, 4 at
+    D - 2 h and 8 at D + 1 h: 4 + 8 = 12 in the 90 days before D + 10 h, 1 + 2 = 3 in
+    those before D - 10 h (and 2 + 4 = 6 in S itself)."""
+    day = shop + timedelta(days=10)
+    back = day - timedelta(days=90)
+    await write_history(
+        engine, "s", "p", back - timedelta(days=1),
+        [
+            (0, "RESTOCK", 100, 0),
+            (24 - 5, "SALE", -1, 0),
+            (24 + 3, "SALE", -2, 0),
+            (24 * 91 - 2, "SALE", -4, 0),
+            (24 * 91 + 1, "SALE", -8, 0),
+        ],
+    )
+    await roll_up(engine)
+    assert await rank(engine, day) == (day, 5)
+    async with engine.connect() as conn:
+        tiers = (await conn.execute(text("SELECT units, variants FROM abc_tiers"))).all()
+    assert sorted(tuple(t) for t in tiers) == [(4, 1), (6, 2), (10, 1), (30, 1), (50, 1)]
+    for end, units in ((day + timedelta(hours=10), 12), (day - timedelta(hours=10), 3)):
+        start = end - timedelta(days=1)
+        report = await analytics(
+            engine, AnalyticsQuery(start, end, variant_ids=tuple("abcdefhs")), abc="tiers"
+        )
+        assert report.abc_source == "tiers"
+        tiered = {v.variant_id: v.as_json() for v in report.variants}
+        assert tiered["s"]["unitsSoldLast90Days"] == units
+        assert tiered == await figures(engine, start, end, *"abcdefhs", abc="log")
 
 
 async def test_a_sale_split_across_the_rollup_and_the_raw_log(engine, base) -> None:
@@ -324,10 +363,10 @@ async def test_a_sale_split_across_the_rollup_and_the_raw_log(engine, base) -> N
             (24 * 91 + 13, "SALE", -32, 0),  # the day of `to`, 13:00, after `to`: out
         ],
     )
-    raw = await figures(engine, end - HOUR, end, "s", use_rollup=False)
+    raw = await figures(engine, end - HOUR, end, "s", abc="log")
     await roll_up(engine)
     report = await analytics(engine, AnalyticsQuery(end - HOUR, end, variant_ids=("s",)))
-    assert report.rollup_days == ((d0 + timedelta(days=1)).date(), (d0 + timedelta(days=90)).date())
+    assert report.abc_source == "rollup"  # abc_tiers is for today, too far from `to`
     rolled = report.variants[0].as_json()
     assert rolled["unitsSoldLast90Days"] == raw["s"]["unitsSoldLast90Days"] == 4 + 8 + 16
     assert rolled == raw["s"]
