@@ -236,6 +236,11 @@ def _integer_axis(axis: Any) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _rows_from_top(ax: Any, rows: int) -> None:
+    """Horizontal bars from the top down, as thin as for 8 rows when there are fewer."""
+    ax.set_ylim(max(rows, 8) - 0.5, -0.5)
+
+
 def _subtitle(report: Report) -> str:
     period = report.period
     so_far = "" if period.complete else f", so far (to {_when(period.end)})"
@@ -250,19 +255,29 @@ def _available_top_movers(figure: Any, report: Report) -> str:
     movers = report.tables["top_movers"].rows[:CHARTED_MOVERS]
     steps = report.tables["available_top_movers"].rows
     title = f"Available over time, top {len(movers) or CHARTED_MOVERS} movers by units sold"
+    first = period.end
     for mover in movers:
         mine = [r for r in steps if r["variantId"] == mover["variantId"]]
+        if not mine:
+            continue
+        first = min(first, mine[0]["at"])
         times = [r["at"] for r in mine] + [period.end]
-        levels = [r["available"] for r in mine] + [mine[-1]["available"] if mine else 0]
-        ax.step(times, levels, where="post", linewidth=2,
+        levels = [r["available"] for r in mine] + [mine[-1]["available"]]
+        ax.step(times, levels, where="post", linewidth=2, marker="o", markersize=3,
+                markevery=list(range(len(mine))),
                 label=f"{mover['variantId']} ({mover['unitsSold']:,} sold)")
     if not movers:
         _empty(ax, "nothing sold in this period")
     ax.set_title(f"{title} — {_subtitle(report)}")
-    ax.set_xlabel("time (UTC)")
+    ax.set_xlabel("time (UTC); a dot is a change")
     ax.set_ylabel("available (units)")
-    ax.set_xlim(period.start, period.end)
-    ax.set_ylim(bottom=0)
+    # From the period's start, or from the first change when the movers are younger.
+    if first >= period.end:
+        first = period.start
+    ax.set_xlim(first - (period.end - first) * 0.02 if first > period.start else first,
+                period.end)
+    top = max([1] + [r["available"] for r in steps])
+    ax.set_ylim(-0.03 * top, top * 1.08)  # a line at 0 stays visible above the axis
     _integer_axis(ax.yaxis)
     locator = mdates.AutoDateLocator(minticks=5, maxticks=10)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
@@ -293,6 +308,7 @@ def _stockouts_per_day(figure: Any, report: Report) -> str:
            label="variants out of stock at some moment", color="tab:gray")
     labels, rotation = _day_labels(days)
     ax.set_xticks(positions, labels, rotation=rotation)
+    ax.set_xlim(-0.6, max(len(days), 7) - 0.4)  # a week's width at least: no giant bars
     title = "Stockouts per day"
     ax.set_title(f"{title} — {_subtitle(report)}")
     ax.set_xlabel("day (UTC)")
@@ -341,8 +357,15 @@ def _lead_times(figure: Any, report: Report) -> str:
             height, label="measured this period (average)", color="tab:orange")
     ax.barh([p + height / 2 for p in positions], [r["configuredDays"] or 0 for r in rows],
             height, label="configured (average over its variants)", color="tab:blue")
+    for y, row in zip(positions, rows, strict=True):
+        for offset, key in ((-height / 2, "measuredDays"), (height / 2, "configuredDays")):
+            if row[key] is not None:
+                ax.annotate(f"{row[key]:.1f} d", (row[key], y + offset), xytext=(4, 0),
+                            textcoords="offset points", va="center", fontsize=9)
     ax.set_yticks(positions, [r["supplierId"] for r in rows])
-    ax.invert_yaxis()
+    _rows_from_top(ax, len(rows))
+    ax.set_xlim(left=0, right=max([1.0] + [r["measuredDays"] or 0 for r in rows]
+                                  + [r["configuredDays"] or 0 for r in rows]) * 1.2)
     title = "Supplier lead times: measured against configured"
     ax.set_title(f"{title} — {_subtitle(report)}")
     ax.set_xlabel("lead time (days)")
@@ -366,7 +389,7 @@ def _low_stock(figure: Any, report: Report) -> str:
                     + bar.get_height() / 2), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=9)
     ax.set_yticks(positions, [r["variantId"] for r in rows])
-    ax.invert_yaxis()
+    _rows_from_top(ax, len(rows))
     title = f"Days of cover of the {len(rows)} most urgent low-stock variants that sell"
     ax.set_title(f"{title} — {_subtitle(report)}")
     ax.set_xlabel("days of cover (days)")

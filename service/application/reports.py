@@ -233,7 +233,7 @@ _LOW_CANDIDATES = text(
 #: in it, or out of stock at its start.
 _ACTIVE = text(
     """
-    SELECT variant_id FROM variants
+    SELECT variant_id, created_at FROM variants
     WHERE created_at < :end
       AND (updated_at >= :start OR out_of_stock_since < :end)
     """
@@ -309,11 +309,12 @@ _AVAILABLE_STEPS = text(
          AND a.version >= b.v_from AND a.version <= b.v_to
     )
     SELECT b.variant_id, 0 AS version, CAST(:start AS timestamptz) AS at,
-           coalesce(l.available, 0) AS available
+           coalesce(l.available, 0) AS available, b.v_from > 0 AS existed
     FROM bounds AS b
     LEFT JOIN log AS l ON l.variant_id = b.variant_id AND l.version = b.v_from
     UNION ALL
-    SELECT variant_id, version, greatest(takes_effect, CAST(:start AS timestamptz)), available
+    SELECT variant_id, version, greatest(takes_effect, CAST(:start AS timestamptz)), available,
+           true
     FROM log WHERE version > v_from
     ORDER BY 1, 2
     """
@@ -583,17 +584,35 @@ async def _daily(engine: AsyncEngine, settings: Settings, report: Report) -> Non
     )
 
 
-async def _activity(
-    engine: AsyncEngine, report: Report
-) -> dict[str, VariantFigures]:
-    """Analytics over the period for every variant that can have a figure in it; adds
-    the stockouts per day table and the summary's stockout figures."""
+@dataclass(slots=True)
+class Activity:
+    """Analytics over the period for every variant that can have a figure in it."""
+
+    figures: dict[str, VariantFigures]
+    #: When each variant's row was created: before then it did not exist, and the 0
+    #: analytics reads for that time is not a variant out of stock.
+    created: dict[str, datetime]
+    #: The stockouts per day table (added to the report where its kind wants it).
+    per_day: Table
+
+    def was_out(self, v: VariantFigures, since: datetime) -> bool:
+        """Ran out in the window, or was out of stock in it having existed at `since`."""
+        return v.stockouts > 0 or (
+            v.out_of_stock_seconds > 0 and self.created[v.variant_id] < since
+        )
+
+
+async def _activity(engine: AsyncEngine, report: Report) -> Activity:
+    """Every variant changed in the period or out of stock at its start, with its
+    figures; the stockouts per day; the summary's units and stockouts."""
     period = report.period
-    active = await figures_of(
-        engine, await _ids(engine, _ACTIVE, start=period.start, end=period.end),
-        period.start, period.end,
-    )
-    out = [v for v in active.values() if v.out_of_stock_seconds > 0]
+    created = {
+        r.variant_id: r.created_at
+        for r in await _rows(engine, _ACTIVE, start=period.start, end=period.end)
+    }
+    figures = await figures_of(engine, created, period.start, period.end)
+    activity = Activity(figures, created, Table("", "", [], []))
+    out = [v for v in figures.values() if activity.was_out(v, period.start)]
     per_day: list[dict[str, Any]] = []
     for day, start, end in period.days():
         # Only variants out of stock at some moment of the period can be on a day.
@@ -602,30 +621,31 @@ async def _activity(
             {
                 "day": day,
                 "stockouts": sum(v.stockouts for v in daily.values()),
-                "variantsOutOfStock": sum(1 for v in daily.values() if v.out_of_stock_seconds > 0),
+                "variantsOutOfStock": sum(
+                    1 for v in daily.values() if activity.was_out(v, start)
+                ),
             }
         )
-    report.add(
-        Table(
-            "stockouts_per_day",
-            "Stockouts per day",
-            [
-                Column("day", "day (UTC)"),
-                Column("stockouts", "stockouts"),
-                Column("variantsOutOfStock", "variants out of stock"),
-            ],
-            per_day,
-            "A stockout is `available` reaching 0 from above; a variant out of stock is "
-            "one with `available` at 0 at some moment of the day.",
-        )
+    activity.per_day = Table(
+        "stockouts_per_day",
+        "Stockouts per day",
+        [
+            Column("day", "day (UTC)"),
+            Column("stockouts", "stockouts"),
+            Column("variantsOutOfStock", "variants out of stock"),
+        ],
+        per_day,
+        "A stockout is `available` reaching 0 from above; a variant out of stock is one "
+        "with `available` at 0 at some moment of the day (a variant created that day is "
+        "not out of stock before it was created).",
     )
     report.summary.update(
-        unitsSold=sum(v.units_sold for v in active.values()),
-        variantsSold=sum(1 for v in active.values() if v.units_sold > 0),
-        stockouts=sum(v.stockouts for v in active.values()),
+        unitsSold=sum(v.units_sold for v in figures.values()),
+        variantsSold=sum(1 for v in figures.values() if v.units_sold > 0),
+        stockouts=sum(v.stockouts for v in figures.values()),
         variantsOutOfStock=len(out),
     )
-    return active
+    return activity
 
 
 async def _accuracy(
@@ -722,7 +742,8 @@ def _mover(rank: int, v: VariantFigures) -> dict[str, Any]:
 
 async def _weekly(engine: AsyncEngine, report: Report) -> None:
     period = report.period
-    active = await _activity(engine, report)
+    activity = await _activity(engine, report)
+    active = activity.figures
     movers = sorted(
         (v for v in active.values() if v.units_sold > 0),
         key=lambda v: (-v.units_sold, v.variant_id),
@@ -755,14 +776,15 @@ async def _weekly(engine: AsyncEngine, report: Report) -> None:
             [
                 {"variantId": r.variant_id, "at": r.at, "available": int(r.available)}
                 for r in sorted(steps, key=lambda r: (order[r.variant_id], r.version))
+                if r.version > 0 or r.existed
             ],
             "Each top mover's `available` (on hand minus reserved) at the start of the "
-            "period and after each change in it, until the next row. The chart draws the "
-            f"first {CHARTED_MOVERS}: {', '.join(charted) or 'none'}.",
+            "period (if it existed then) and after each change in it, until the next row. "
+            f"The chart draws the first {CHARTED_MOVERS}: {', '.join(charted) or 'none'}.",
         )
     )
     stocked_out = sorted(
-        (v for v in active.values() if v.out_of_stock_seconds > 0),
+        (v for v in active.values() if activity.was_out(v, period.start)),
         key=lambda v: (-v.out_of_stock_seconds, -v.stockouts, v.variant_id),
     )
     report.add(
@@ -790,9 +812,12 @@ async def _weekly(engine: AsyncEngine, report: Report) -> None:
                 }
                 for v in stocked_out
             ],
-            "Every variant out of stock at some moment of the period, longest out first.",
+            "Every variant out of stock at some moment of the period, longest out first "
+            "(its hours out of stock are analytics' over the whole period: a variant "
+            "created in it counts as out of stock before it was created).",
         )
     )
+    report.add(activity.per_day)
     await _anomalies(engine, report)
     await _reconciliation(engine, report)
     first_week = period.start - timedelta(days=7 * (ACCURACY_WEEKS - 1))
@@ -862,7 +887,8 @@ async def _reconciliation(engine: AsyncEngine, report: Report) -> None:
     elif int(last.discrepancies) == 0:
         outcome = "clean"
     else:
-        outcome = f"{int(last.discrepancies)} discrepancies"
+        found = int(last.discrepancies)
+        outcome = f"{found} discrepanc{'y' if found == 1 else 'ies'}"
     report.summary.update(
         reconciliationRuns=len(rows),
         reconciliationOutcome=outcome,
@@ -892,7 +918,7 @@ async def _reconciliation(engine: AsyncEngine, report: Report) -> None:
 
 async def _monthly(engine: AsyncEngine, report: Report) -> None:
     period = report.period
-    await _activity(engine, report)
+    report.add((await _activity(engine, report)).per_day)
     await _abc(engine, report)
     await _reorder_points(engine, report)
     await _lead_times(engine, report)
