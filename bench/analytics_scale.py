@@ -119,7 +119,7 @@ async def load(url: str, plan: Plan, days: int, say: Any) -> dict[str, Any]:
             await conn.execute(f"DROP INDEX {name.group(1)}")
         spread = SpreadInTime(conn, start, step, indexes, say)
         started = time.perf_counter()
-        await generate(spread, plan, say)  # type: ignore[arg-type]
+        await generate(spread, plan, say)
         seconds = time.perf_counter() - started
         assert spread.rewritten == plan.per_variant, "the generator's time expression changed"
         return {
@@ -207,9 +207,10 @@ async def measure_rollup(engine: AsyncEngine, say: Any) -> dict[str, Any]:
                 {"hi": datetime.combine(last, datetime.min.time(), UTC)},
             )
     day_seconds, _, day = await timed(1, lambda: roll_up(engine))
-    say(f"rollup, one day: {day.rows:,} rows in {day_seconds:.2f}s (with the ranking)")
-    ranked = day.complete_before
-    await rank(engine, ranked - timedelta(days=1))
+    say(f"rollup, one day: {day.rows:,} rows in {day_seconds:.2f}s")
+    # The ranking alone: an hour earlier, then the job's hour again.
+    ranked = first.tiers_at or day.complete_before
+    await rank(engine, ranked - timedelta(hours=1))
     rank_seconds, _, tiers = await timed(1, lambda: rank(engine, ranked))
     say(f"abc_tiers alone: {tiers[1]} tiers in {rank_seconds:.2f}s")
     async with engine.connect() as conn:
@@ -263,6 +264,37 @@ async def measure_queries(
         }
         say(f"{label}: median {seconds * 1000:.0f} ms of {runs}")
 
+    # abc_tiers moved on a day with sales (the last one): ranked at its 10:00 and `to`
+    # half an hour later (the hourly job's usual case), then ranked at its midnight and
+    # `to` 20 hours later (a job that stopped): that much of the sales join, and as much
+    # of those 90 days before leave.
+    async with engine.connect() as conn:
+        last = (await conn.execute(text("SELECT max(day) FROM variant_daily_sales"))).scalar()
+        clock = (await conn.execute(analytics_sql.CLOCK)).one()
+    current, complete_before = clock.tiers_at, clock.rollup_complete_before
+    assert last is not None, "no sales rolled up"
+    midnight = datetime.combine(last, datetime.min.time(), UTC)
+    busy_plans: dict[str, Any] = {}
+    for at, end, after in (
+        (midnight + timedelta(hours=10), midnight + timedelta(hours=10, minutes=30), "30 min"),
+        (midnight, midnight + timedelta(hours=20), "20 h"),
+    ):
+        label = f"one product, 90 days ending {after} after abc_tiers' hour, on a day with sales"
+        await rank(engine, at)
+        query = AnalyticsQuery(end - timedelta(days=90), end, product_ids=(product,))
+        seconds, runs, report = await timed(repeat, lambda q=query: analytics(engine, q))
+        results[label] = {
+            "seconds": round(seconds, 4), "runs": runs, "variants": len(report.variants),
+            "abc_source": report.abc_source, "sample": report.variants[0].as_json(),
+        }
+        say(f"{label}: median {seconds * 1000:.0f} ms of {runs}")
+        ranges = tiers_ranges(end, at, complete_before)
+        busy_plans[f"abc (abc_tiers, `to` {after} after its hour)"] = await explain(
+            engine, analytics_sql.ABC_FROM_TIERS,
+            {"ids": [v.variant_id for v in report.variants], **ranges},
+        )
+    await rank(engine, current)
+
     # The two statements of the product's call, explained.
     async with engine.connect() as conn:
         ids = [
@@ -282,8 +314,9 @@ async def measure_queries(
         ),
         "abc (abc_tiers)": await explain(
             engine, analytics_sql.ABC_FROM_TIERS,
-            {"ids": ids, **tiers_ranges(end, clock.tiers_day)},
+            {"ids": ids, **tiers_ranges(end, clock.tiers_at, clock.rollup_complete_before)},
         ),
+        **busy_plans,
         "abc (rollup)": await explain(
             engine, analytics_sql.ABC,
             {"ids": ids, **abc_ranges(end - ABC_PERIOD, end, clock.rollup_complete_before)},

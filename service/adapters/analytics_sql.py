@@ -25,8 +25,8 @@ from sqlalchemy import text
 
 #: The rollup whose row in `rollups` says how far `variant_daily_sales` is complete.
 DAILY_SALES = "variant_daily_sales"
-#: The row of `rollups` whose `complete_before` is the day D of `abc_tiers`: the ranking
-#: over [D - 90 days, D).
+#: The row of `rollups` whose `complete_before` is the hour H of `abc_tiers`: the
+#: ranking over [H - 90 days, H).
 ABC_TIERS = "abc_tiers"
 
 
@@ -69,7 +69,7 @@ CLOCK = text(
     SELECT now() AS now,
            (SELECT complete_before FROM rollups WHERE name = '{DAILY_SALES}')
                AS rollup_complete_before,
-           (SELECT complete_before FROM rollups WHERE name = '{ABC_TIERS}') AS tiers_day
+           (SELECT complete_before FROM rollups WHERE name = '{ABC_TIERS}') AS tiers_at
     """
 )
 
@@ -211,13 +211,12 @@ _RANK = """
     ORDER BY ord
 """
 
-#: abcClass from every variant's units sold over [:abc_from, :abc_to): the rollup's
-#: whole days [:day_lo, :day_hi) and the raw SALE rows of the rest ([:abc_from,
-#: :raw_lo_end) and [:raw_hi_start, :abc_to)). Reads a row per variant and day with
-#: sales: seconds at a million variants (docs/analytics.md, "Scale").
-ABC = text(
-    f"""
-    WITH sold AS MATERIALIZED (
+#: Every variant's units sold over [:abc_from, :abc_to): the rollup's whole days
+#: [:day_lo, :day_hi) and the raw SALE rows of the rest ([:abc_from, :raw_lo_end) and
+#: [:raw_hi_start, :abc_to)). A row per variant and day with sales: seconds at a million
+#: variants (docs/analytics.md, "Scale").
+_SOLD = """
+    sold AS MATERIALIZED (
         SELECT variant_id, sum(units) AS units
         FROM (
             SELECT variant_id, units_sold AS units FROM variant_daily_sales
@@ -230,7 +229,13 @@ ABC = text(
             WHERE change_type = 'SALE' AND created_at >= :raw_hi_start AND created_at < :abc_to
         ) AS u
         GROUP BY variant_id
-    ),
+    )
+"""
+
+#: abcClass from every variant's units (`_SOLD`).
+ABC = text(
+    f"""
+    WITH {_SOLD},
     tiers AS (
         SELECT units, count(*) AS variants FROM sold WHERE units > 0 GROUP BY units
     ),
@@ -243,11 +248,13 @@ ABC = text(
     """
 )
 
-#: abcClass from `abc_tiers`, the ranking over S = [D - 90 days, D), moved to the 90
+#: abcClass from `abc_tiers`, the ranking over S = [H - 90 days, H), moved to the 90
 #: days before `to`: the SALE rows of [:r1_lo, :r1_hi) count :s1 times, those of
-#: [:r2_lo, :r2_hi) :s2 times (for `to` after D: + [D, to) - [D - 90 days, to - 90 days)).
-#: Each variant they touch (and each of :ids) leaves the tier of its units over S (the
-#: rollup's days [:s_lo, :d_day)) for the tier of its units over the 90 days.
+#: [:r2_lo, :r2_hi) :s2 times (for `to` after H: + [H, to) - [H - 90 days, to - 90
+#: days)). Each variant they touch (and each of :ids) leaves the tier of its units over
+#: S for the tier of its units over the 90 days. Its units over S: the rollup's days
+#: [:s_day_lo, :s_day_hi) by its primary key, and the raw SALE rows of S's partial days
+#: ([:s_from, :s_raw_lo_end) and [:s_raw_hi_start, :s_to)).
 ABC_FROM_TIERS = text(
     f"""
     WITH delta AS (
@@ -261,6 +268,17 @@ ABC_FROM_TIERS = text(
         ) AS u
         GROUP BY variant_id
     ),
+    edges AS (
+        SELECT variant_id, sum(units) AS units
+        FROM (
+            SELECT variant_id, -delta_on_hand AS units FROM audit_log
+            WHERE change_type = 'SALE' AND created_at >= :s_from AND created_at < :s_raw_lo_end
+            UNION ALL
+            SELECT variant_id, -delta_on_hand FROM audit_log
+            WHERE change_type = 'SALE' AND created_at >= :s_raw_hi_start AND created_at < :s_to
+        ) AS u
+        GROUP BY variant_id
+    ),
     touched AS (
         SELECT variant_id FROM delta
         UNION
@@ -270,10 +288,12 @@ ABC_FROM_TIERS = text(
         SELECT t.variant_id,
                coalesce((SELECT sum(r.units_sold) FROM variant_daily_sales AS r
                          WHERE r.variant_id = t.variant_id
-                           AND r.day >= :s_lo AND r.day < :d_day), 0) AS before,
+                           AND r.day >= :s_day_lo AND r.day < :s_day_hi), 0)
+               + coalesce(e.units, 0) AS before,
                coalesce(d.units, 0) AS change
         FROM touched AS t
         LEFT JOIN delta AS d ON d.variant_id = t.variant_id
+        LEFT JOIN edges AS e ON e.variant_id = t.variant_id
     ),
     tiers AS MATERIALIZED (
         SELECT units, sum(variants) AS variants
@@ -309,18 +329,22 @@ ROLLUP_STATE = text(
     f"SELECT complete_before FROM rollups WHERE name = '{DAILY_SALES}' FOR UPDATE"
 )
 
-#: The last UTC midnight before which no row can be written any more: before now and
-#: before the start of every transaction still open on this database (an audit row's
-#: created_at is its transaction's start). Another role's sessions must be visible to
-#: this one (the same role, or pg_read_all_stats): docs/analytics.md.
+#: The last UTC midnight (and hour) before which no row can be written any more: before
+#: now and before the start of every transaction still open on this database (an audit
+#: row's created_at is its transaction's start). Another role's sessions must be
+#: visible to this one (the same role, or pg_read_all_stats): docs/analytics.md.
 HORIZON = text(
     """
-    SELECT date_trunc('day', least(now(), coalesce((
-        SELECT min(xact_start) FROM pg_stat_activity
-        WHERE datname = current_database() AND pid <> pg_backend_pid()
-    ), now())), 'UTC') AS horizon,
+    WITH settled AS (
+        SELECT least(now(), coalesce((
+            SELECT min(xact_start) FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid()
+        ), now())) AS at
+    )
+    SELECT date_trunc('day', at, 'UTC') AS horizon, date_trunc('hour', at, 'UTC') AS hour,
     (SELECT date_trunc('day', min(created_at), 'UTC') FROM audit_log
      WHERE change_type = 'SALE') AS first_sale_day
+    FROM settled
     """
 )
 
@@ -340,27 +364,21 @@ MARK_ROLLED_UP = text(
     """
 )
 
-#: The ranking over the rollup's days [:lo, :hi) (90 of them), replacing the last one;
-#: one at a time.
+#: The ranking over the 90 days before an hour (`_SOLD`), replacing the last one; one
+#: at a time.
 LOCK_TIERS = text(f"SELECT pg_advisory_xact_lock(hashtext('stock-{ABC_TIERS}'))")
 TIERS_STATE = text(f"SELECT complete_before FROM rollups WHERE name = '{ABC_TIERS}'")
 CLEAR_TIERS = text("DELETE FROM abc_tiers")
 BUILD_TIERS = text(
-    """
+    f"""
     INSERT INTO abc_tiers (units, variants)
-    SELECT units, count(*)
-    FROM (
-        SELECT sum(units_sold) AS units FROM variant_daily_sales
-        WHERE day >= :lo AND day < :hi
-        GROUP BY variant_id
-    ) AS s
-    WHERE units > 0
-    GROUP BY units
+    WITH {_SOLD}
+    SELECT units, count(*) FROM sold WHERE units > 0 GROUP BY units
     """
 )
 MARK_TIERS = text(
     f"""
-    INSERT INTO rollups (name, complete_before) VALUES ('{ABC_TIERS}', :day)
+    INSERT INTO rollups (name, complete_before) VALUES ('{ABC_TIERS}', :at)
     ON CONFLICT (name) DO UPDATE SET
         complete_before = excluded.complete_before, updated_at = now()
     """

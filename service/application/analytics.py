@@ -40,8 +40,8 @@ MAX_LIMIT = 1000
 MAX_IDS = 1000
 #: Whole days one rollup transaction fills (the first run may have a long history).
 ROLLUP_CHUNK_DAYS = 31
-#: abcClass starts from `abc_tiers` (the ranking over the 90 days before its day D)
-#: when `to` is at most this far from D, correcting it by the SALE rows in between.
+#: abcClass starts from `abc_tiers` (the ranking over the 90 days before its hour H)
+#: when `to` is at most this far from H, correcting it by the SALE rows in between.
 TIERS_REACH = timedelta(days=2)
 #: Where abcClass comes from: `abc_tiers` corrected, the rollup and the raw log, or the
 #: raw log alone; `auto`: the first that can answer.
@@ -186,16 +186,22 @@ def _next_midnight(moment: datetime) -> date:
     return day if utc == _midnight(day) else day + timedelta(days=1)
 
 
-def tiers_ranges(end: datetime, tiers_day: datetime) -> dict[str, Any]:
-    """The parameters of sql.ABC_FROM_TIERS: `abc_tiers` ranks [D - 90 days, D); the 90
-    days before `end` add the SALE rows of [D, end) and drop those of
-    [D - 90 days, end - 90 days) (the other way round when `end` is before D)."""
-    low, high = sorted((tiers_day, end))
-    sign = 1 if end >= tiers_day else -1
+def tiers_ranges(
+    end: datetime, tiers_at: datetime, complete_before: datetime | None
+) -> dict[str, Any]:
+    """The parameters of sql.ABC_FROM_TIERS: `abc_tiers` ranks S = [H - 90 days, H); the
+    90 days before `end` add the SALE rows of [H, end) and drop those of
+    [H - 90 days, end - 90 days) (the other way round when `end` is before H). S itself
+    is read as abc_ranges reads any 90 days (prefixed `s_`)."""
+    low, high = sorted((tiers_at, end))
+    sign = 1 if end >= tiers_at else -1
+    inside = abc_ranges(tiers_at - ABC_PERIOD, tiers_at, complete_before)
     return {
         "r1_lo": low, "r1_hi": high, "s1": sign,
         "r2_lo": low - ABC_PERIOD, "r2_hi": high - ABC_PERIOD, "s2": -sign,
-        "s_lo": (tiers_day - ABC_PERIOD).date(), "d_day": tiers_day.date(),
+        "s_day_lo": inside["day_lo"], "s_day_hi": inside["day_hi"],
+        "s_from": inside["abc_from"], "s_raw_lo_end": inside["raw_lo_end"],
+        "s_raw_hi_start": inside["raw_hi_start"], "s_to": inside["abc_to"],
     }
 
 
@@ -234,7 +240,7 @@ async def analytics(
     """The figures of one page of the query's scope over its window, from one snapshot
     (REPEATABLE READ, read only). `abc` forces where abcClass comes from (the tests and
     the benchmark compare them; each gives the same classes); `auto`: `abc_tiers` when
-    `to` is within TIERS_REACH of its day, else the rollup with the raw log, else the
+    `to` is within TIERS_REACH of its hour, else the rollup with the raw log, else the
     raw log."""
     if not 1 <= query.limit <= MAX_LIMIT:
         raise ValueError(f"limit must be 1 to {MAX_LIMIT}")
@@ -265,7 +271,7 @@ async def analytics(
             figures = await figures_of(conn, ids, start, end)
             source = _abc_source(abc, end, clock)
             if source == "tiers":
-                ranges = tiers_ranges(end, clock.tiers_day)
+                ranges = tiers_ranges(end, clock.tiers_at, clock.rollup_complete_before)
                 classes = await _abc(conn, sql.ABC_FROM_TIERS, ids, ranges)
             else:
                 complete_before = clock.rollup_complete_before if source == "rollup" else None
@@ -283,8 +289,8 @@ async def analytics(
 
 
 def _abc_source(wanted: str, end: datetime, clock: Any) -> AbcSource:
-    tiers_day, complete_before = clock.tiers_day, clock.rollup_complete_before
-    usable_tiers = tiers_day is not None and abs(end - tiers_day) <= TIERS_REACH
+    tiers_at, complete_before = clock.tiers_at, clock.rollup_complete_before
+    usable_tiers = tiers_at is not None and abs(end - tiers_at) <= TIERS_REACH
     if wanted == "tiers" and not usable_tiers:
         raise ValueError("abc_tiers cannot answer for this `to`")
     if wanted in ("tiers", "log") or (wanted == "rollup" and complete_before is not None):
@@ -384,8 +390,8 @@ class RollupRun:
     complete_before: datetime
     days: int
     rows: int
-    #: The day of `abc_tiers` if this run ranked again (None: it was up to date).
-    tiers_day: datetime | None = None
+    #: The hour of `abc_tiers` if this run ranked again (None: it was up to date).
+    tiers_at: datetime | None = None
     #: Tiers (distinct units sold) of that ranking.
     tiers: int = 0
 
@@ -394,7 +400,7 @@ class RollupRun:
             "completeBefore": self.complete_before.isoformat(),
             "days": self.days,
             "rows": self.rows,
-            "tiersDay": None if self.tiers_day is None else self.tiers_day.isoformat(),
+            "tiersAt": None if self.tiers_at is None else self.tiers_at.isoformat(),
             "tiers": self.tiers,
         }
 
@@ -405,11 +411,12 @@ async def roll_up(engine: AsyncEngine) -> RollupRun:
     starts at the first sale's day. One run at a time (the rollup's row is locked)."""
     days = rows = 0
     horizon: datetime | None = None
+    hour: datetime | None = None
     while True:
         async with engine.begin() as conn:
             if horizon is None:
                 found = (await conn.execute(sql.HORIZON)).one()
-                horizon = found.horizon
+                horizon, hour = found.horizon, found.hour
                 first = found.first_sale_day
                 start = horizon if first is None else min(first, horizon)
                 await conn.execute(sql.START_ROLLUP, {"start": start})
@@ -422,24 +429,27 @@ async def roll_up(engine: AsyncEngine) -> RollupRun:
             await conn.execute(sql.MARK_ROLLED_UP, {"hi": hi})
             rows += max(written.rowcount or 0, 0)
             days += round((hi - done) / timedelta(days=1))
-    tiers_day, tiers = await rank(engine, done)
-    if days or tiers_day:
+    assert hour is not None
+    tiers_at, tiers = await rank(engine, hour)
+    if days:
         log.info("rollup: %d days, %d rows; complete before %s", days, rows, done.isoformat())
-    return RollupRun(done, days, rows, tiers_day, tiers)
+    return RollupRun(done, days, rows, tiers_at, tiers)
 
 
-async def rank(engine: AsyncEngine, day: datetime) -> tuple[datetime | None, int]:
-    """`abc_tiers` for the 90 days before `day` (a UTC midnight the rollup has reached),
-    unless it is for that day already: (the day, its tiers), or (None, 0)."""
+async def rank(engine: AsyncEngine, at: datetime) -> tuple[datetime | None, int]:
+    """`abc_tiers` for the 90 days before `at` (a time no row can be written before any
+    more: the rollup job's hour), unless it is for that time already: (`at`, its tiers),
+    or (None, 0)."""
     async with engine.begin() as conn:
         await conn.execute(sql.LOCK_TIERS)  # one ranking at a time
         current = (await conn.execute(sql.TIERS_STATE)).scalar_one_or_none()
-        if current == day:
+        if current == at:
             return None, 0
+        complete_before = (await conn.execute(sql.CLOCK)).one().rollup_complete_before
         await conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
         await conn.execute(sql.CLEAR_TIERS)
         written = await conn.execute(
-            sql.BUILD_TIERS, {"lo": (day - ABC_PERIOD).date(), "hi": day.date()}
+            sql.BUILD_TIERS, abc_ranges(at - ABC_PERIOD, at, complete_before)
         )
-        await conn.execute(sql.MARK_TIERS, {"day": day})
-        return day, max(written.rowcount or 0, 0)
+        await conn.execute(sql.MARK_TIERS, {"at": at})
+        return at, max(written.rowcount or 0, 0)

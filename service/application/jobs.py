@@ -154,7 +154,8 @@ JOBS: dict[str, Job] = {
         Job(
             "rollup",
             "add every whole past UTC day to variant_daily_sales (units sold per variant and "
-            "day), which abcClass reads",
+            "day) and rank every variant's sales of the 90 days before this hour into "
+            "abc_tiers, which abcClass reads",
             "job_rollup_interval_hours",
             _rollup,
         ),
