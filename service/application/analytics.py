@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: The longest window a call may ask for (a leap year).
 MAX_WINDOW = timedelta(days=366)
+#: The earliest `from`: no stock moved before it.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 #: The window when none is given: the 30 days before now.
 DEFAULT_WINDOW = timedelta(days=30)
 #: daysOfCover's demand: the units sold over this long before `to`.
@@ -156,6 +158,11 @@ def check_window(start: datetime, end: datetime, now: datetime) -> None:
     """Refuses a window the figures cannot be computed over (InvalidWindow)."""
     if start.tzinfo is None or end.tzinfo is None:
         raise InvalidWindow("from and to need a time zone (an offset such as Z or +02:00)")
+    if start < EARLIEST:
+        raise InvalidWindow(
+            f"from ({start.isoformat()}) is before {EARLIEST.date().isoformat()}",
+            earliest=EARLIEST.isoformat(),
+        )
     if start >= end:
         raise InvalidWindow(
             f"from ({start.isoformat()}) must be before to ({end.isoformat()})",
@@ -250,7 +257,7 @@ async def analytics(
             await conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             clock = (await conn.execute(sql.CLOCK)).one()
             end = query.end or clock.now
-            start = query.start or end - DEFAULT_WINDOW
+            start = query.start or max(end, EARLIEST + DEFAULT_WINDOW) - DEFAULT_WINDOW
             check_window(start, end, clock.now)
             await _check_known(conn, query)
             rows = (

@@ -485,6 +485,7 @@ async def test_windows_that_cannot_be_computed_are_refused(engine, shop) -> None
         (h(shop, 3), h(shop, 2)),
         (h(shop, 0) - timedelta(days=367), h(shop, 0)),
         (now - HOUR, now + timedelta(days=1)),
+        (datetime(1969, 12, 31, tzinfo=UTC), datetime(1970, 1, 2, tzinfo=UTC)),
     ):
         with pytest.raises(InvalidWindow):
             await analytics(engine, AnalyticsQuery(start, end))
@@ -541,12 +542,14 @@ async def test_http_refusals(engine, reader_settings, shop) -> None:
             {"from": h(shop, 2).isoformat(), "to": h(shop, 1).isoformat()},
             {"from": (h(shop, 1) - timedelta(days=400)).isoformat(), "to": h(shop, 1).isoformat()},
             {"to": (datetime.now(UTC) + timedelta(days=2)).isoformat()},
+            {"to": "0001-01-01T00:00:00Z"},
+            {"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"},
         ):
             answer = await http.get(API, params=params)
             assert answer.status_code == 422, answer.text
             assert answer.json()["code"] == "invalid_window"
         for params in ({"from": "2026-01-01T00:00:00"}, {"limit": "0"}, {"limit": "1001"},
-                       {"to": "yesterday"}):
+                       {"to": "yesterday"}, {"after": "a\x00b"}):
             answer = await http.get(API, params=params)
             assert answer.status_code == 422 and answer.json()["code"] == "validation_failed"
         unknown = await http.get(API, params=[("variantId", "a"), ("variantId", "nope")])

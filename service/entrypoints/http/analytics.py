@@ -3,10 +3,10 @@
 
 A read: open unless STOCK_API_READS_REQUIRE_TOKEN. The window is [from, to): `to`
 defaults to now and `from` to 30 days before `to`; a window that is empty or reversed,
-longer than 366 days or ends in the future is 422 `invalid_window`. Without
-`variantId`/`productId` every variant is in scope; either way the answer is one page
-of at most `limit` (default 100, at most 1000) variants in variant_id order, and
-`nextAfter`, passed as `after`, gives the next page.
+longer than 366 days, ends in the future or starts before 1970 is 422
+`invalid_window`. Without `variantId`/`productId` every variant is in scope; either way
+the answer is one page of at most `limit` (default 100, at most 1000) variants in
+variant_id order, and `nextAfter`, passed as `after`, gives the next page.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ class AnalyticsAnswer(_Answer):
         422: {
             "model": ErrorBody,
             "description": f"`{INVALID_WINDOW}`: `from` not before `to`, a window longer than "
-            "366 days, or a `to` in the future. `validation_failed`: a parameter breaks "
+            "366 days, a `to` in the future or a `from` before 1970. `validation_failed`: a "
+            "parameter breaks "
             "the schema.",
         }
     },
@@ -131,7 +132,8 @@ async def get_analytics(
     ] = DEFAULT_LIMIT,
     after: Annotated[
         str | None,
-        Query(max_length=200, description="`nextAfter` of the previous page."),
+        Query(max_length=200, pattern=r"^[^\x00]*$",
+              description="`nextAfter` of the previous page."),
     ] = None,
 ) -> AnalyticsAnswer | JSONResponse:
     """Each variant's figures over [from, to), from the audit log: units moved,
