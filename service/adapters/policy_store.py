@@ -115,13 +115,19 @@ _FILL_SUPPLIERS = text(
     f"INSERT INTO policy_suppliers {_SUPPLIER_LEAD_TIMES.format(where='')}"
 )
 _ANALYZE = text("ANALYZE policy_demand, policy_suppliers")
+# The window's aggregation by variant and day fits in memory at a million variants.
+_WORK_MEM = text("SET LOCAL work_mem = '64MB'")
 _DROP = text("DROP TABLE IF EXISTS policy_demand, policy_suppliers")
 _REFRESH_BATCH = _refresh(
     """
     SELECT variant_id, supplier_id, lead_time_days FROM variants
     WHERE variant_id > :after ORDER BY variant_id LIMIT :limit FOR UPDATE
     """,
-    "SELECT variant_id, total, squares FROM policy_demand",
+    # The batch's key range of the table, from its primary key (not a scan of it all).
+    """
+    SELECT variant_id, total, squares FROM policy_demand
+    WHERE variant_id > :after AND variant_id <= (SELECT max(variant_id) FROM scope)
+    """,
     "SELECT supplier_id, lead_days FROM policy_suppliers",
 )
 # One or a few variants (a policy just set): straight from the audit log.
@@ -148,6 +154,7 @@ async def prepare_refresh(conn: AsyncConnection, now: datetime) -> None:
     """The window's sales and the suppliers' lead times, into this session's temporary
     tables (kept across its transactions until `finish_refresh`)."""
     await conn.execute(_DROP)
+    await conn.execute(_WORK_MEM)
     await conn.execute(_CREATE_DEMAND)
     await conn.execute(_FILL_DEMAND, {"now": now})
     await conn.execute(_CREATE_SUPPLIERS)

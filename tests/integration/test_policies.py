@@ -410,3 +410,19 @@ async def test_the_migration_marks_variants_out_of_stock_from_the_audit_log(s) -
         for variant in ("gone", "here", "never")
     }
     assert got == {"gone": out_at, "here": None, "never": None}
+
+
+async def test_the_job_walks_every_variant_batch_by_batch(s, engine, api_settings) -> None:
+    await s.restock(("a", 10), ("b", 10), ("c", 10), ("d", 10), ("e", 10))
+    for number, (variant, units) in enumerate([("a", 3), ("c", 6), ("e", 9)]):
+        await sell(s, f"o{number}", variant, units)
+    done = await refresh_policies(engine, api_settings, batch_size=2)
+    assert (done.variants, done.changed) == (5, 5)
+    averages = {
+        v: await s.scalar("SELECT avg_daily_demand FROM variants WHERE variant_id = :v", v=v)
+        for v in "abcde"
+    }
+    assert {v: float(a) for v, a in averages.items()} == pytest.approx(
+        {"a": 0.1, "b": 0.0, "c": 0.2, "d": 0.0, "e": 0.3}
+    )
+    assert (await refresh_policies(engine, api_settings, batch_size=2)).changed == 0
