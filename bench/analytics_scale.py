@@ -13,11 +13,14 @@ v00500009. The analytics indexes are built after the load, as the unique index i
 
 Then, timed:
 
-* the daily rollup's first run over the whole history, and a run that adds one day;
-* `analytics()` for one product over the 90 days before the end (the issue's
-  question), with the rollup and on the raw log alone; over a year; over 90 days that
-  ended 300 days ago; and for a page of 1,000 variants with no filter;
-* EXPLAIN (ANALYZE, BUFFERS) of the figures statement and of the ABC statement;
+* the rollup job's first run over the whole history (variant_daily_sales, then the
+  ranking into abc_tiers), a run that adds a day with sales, and a ranking alone;
+* `analytics()` for one product over the 90 days before now (the issue's question) with
+  abcClass from each of its sources (abc_tiers, the rollup with the raw log, the raw
+  log alone: the same figures); over 366 days; over 90 days that ended 300 days ago;
+  for a page of 1,000 variants with no filter; and, on the last day with sales, 30
+  minutes and 20 hours after the ranking's hour;
+* EXPLAIN (ANALYZE, BUFFERS) of the figures statement and of the ABC statements;
 * the write cost of the analytics index on the hot path: audit rows inserted as the
   ledger inserts them (unnest batches of 500, about half of them SALE rows), in
   transactions rolled back, without the index, with it, and with a
