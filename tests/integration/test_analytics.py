@@ -549,7 +549,8 @@ async def test_http_refusals(engine, reader_settings, shop) -> None:
             assert answer.status_code == 422, answer.text
             assert answer.json()["code"] == "invalid_window"
         for params in ({"from": "2026-01-01T00:00:00"}, {"limit": "0"}, {"limit": "1001"},
-                       {"to": "yesterday"}, {"after": "a\x00b"}):
+                       {"to": "yesterday"}, {"after": "a\x00b"}, {"to": "0.5"},
+                       {"from": "1700000000"}):
             answer = await http.get(API, params=params)
             assert answer.status_code == 422 and answer.json()["code"] == "validation_failed"
         unknown = await http.get(API, params=[("variantId", "a"), ("variantId", "nope")])

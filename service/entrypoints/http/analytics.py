@@ -11,11 +11,12 @@ variant_id order, and `nextAfter`, passed as `after`, gives the next page.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, BeforeValidator, Field, StringConstraints
 
 from service.application.analytics import (
     DEFAULT_LIMIT,
@@ -33,6 +34,18 @@ from service.entrypoints.http.services import ApiServices, services
 
 Services = Annotated[ApiServices, Depends(services)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _date_time_text(value: object) -> object:
+    """An ISO date and time, as the schema says: not a number of seconds (which pydantic
+    would take as a Unix time)."""
+    if not isinstance(value, str) or not _DATE_TIME.match(value):
+        raise ValueError("expected an ISO 8601 date and time with an offset")
+    return value
+
+
+Time = Annotated[AwareDatetime, BeforeValidator(_date_time_text)]
 
 #: 422: a window the figures cannot be computed over (application.analytics.InvalidWindow).
 INVALID_WINDOW = "invalid_window"
@@ -112,11 +125,11 @@ class AnalyticsAnswer(_Answer):
 async def get_analytics(
     svc: Services,
     from_: Annotated[
-        AwareDatetime | None,
+        Time | None,
         Query(alias="from", description="Start of the window (included). Default: `to` - 30 days."),
     ] = None,
     to: Annotated[
-        AwareDatetime | None,
+        Time | None,
         Query(description="End of the window (excluded), not in the future. Default: now."),
     ] = None,
     variant_id: Annotated[
