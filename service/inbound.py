@@ -62,16 +62,16 @@ def decode_record(record: KafkaRecord, expected_type: str | None) -> InboundEven
         parsed = parse_record(record.value, record.headers, models=CONSUMED_DATA_MODELS)
     except InvalidEvent as invalid:
         return Poison(record, invalid.reason)
-    envelope = parsed.envelope
-    if expected_type is not None and envelope.type != expected_type:
+    # The attributes, not `parsed.envelope`: that is built only when asked for.
+    if expected_type is not None and parsed.type != expected_type:
         return Poison(
-            record, f"event type {envelope.type!r} is not accepted on topic {record.topic!r}"
+            record, f"event type {parsed.type!r} is not accepted on topic {record.topic!r}"
         )
     return InboundEvent(
-        ref=EventRef(envelope.source, envelope.id),
-        type=envelope.type,
+        ref=EventRef(parsed.source, parsed.id),
+        type=parsed.type,
         data=parsed.data,
-        time=_event_time(envelope.time, record),
+        time=_event_time(parsed.time, record),
         record=record,
     )
 

@@ -270,3 +270,22 @@ def test_the_package_exports_the_reader() -> None:
         "CONSUMED_DATA_MODELS",
     ):
         assert name in stock_schemas.__all__ and hasattr(stock_schemas, name)
+
+
+@pytest.mark.parametrize("event_type", list(CONSUMED))
+def test_the_one_call_fast_path_reads_what_the_long_way_reads(event_type) -> None:
+    """A structured-mode value is read by one validate_json into a typed envelope; the
+    long way (parse, envelope, data) is taken for binary mode. Both give the same event."""
+    sent = build_event(
+        event_type, CONSUMED[event_type], source="shop", event_id="e-9", time=TIME,
+        correlationid="o1",
+    )
+    fast = parse_record(*structured(sent), models=CONSUMED_DATA_MODELS)
+    long_way = parse_record(*binary(sent), models=CONSUMED_DATA_MODELS)
+    assert (fast.type, fast.source, fast.id, fast.time) == (
+        long_way.type, long_way.source, long_way.id, long_way.time,
+    )
+    assert fast.data == long_way.data == CONSUMED[event_type]
+    # The envelope is built when asked for, as the long way builds it.
+    assert fast.envelope == CloudEvent.model_validate(sent)
+    assert fast == parse_record(*structured(sent), models=CONSUMED_DATA_MODELS)
