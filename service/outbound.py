@@ -19,6 +19,7 @@ from typing import Any
 import pydantic_core
 from stock_schemas.envelope import EventType
 
+from service import tracing
 from service.domain.model import (
     Anomaly,
     LowStockAlert,
@@ -32,6 +33,9 @@ from service.settings import Settings
 
 STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json; charset=UTF-8"
 _MAX_DLQ_REASON = 1000
+_STRUCTURED_HEADERS: tuple[tuple[str, bytes | None], ...] = (
+    ("content-type", STRUCTURED_CONTENT_TYPE),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +121,15 @@ class EventWriter:
         }
         if correlation_id is not None:
             event["correlationid"] = correlation_id
+        headers = _STRUCTURED_HEADERS
+        if tracing.ENABLED:  # the trace context of what caused it, on event and header
+            headers = tracing.stamp(event, headers, correlation_id)
         return OutboxMessage(
             topic=topic,
             key=key.encode(),
             # pydantic-core's serializer: compact JSON, several times faster than json.dumps
             value=pydantic_core.to_json(event),
-            headers=(("content-type", STRUCTURED_CONTENT_TYPE),),
+            headers=headers,
         )
 
     def stock_changed(self, change: StockChange, time: datetime) -> OutboxMessage:

@@ -219,15 +219,18 @@ def format_traceparent(context: SpanContext) -> str:
 
 
 def incoming_traceparent(
-    extensions: Mapping[str, Any] | None, headers: Iterable[tuple[str, bytes | None]] | None
+    parsed: Any, headers: Iterable[tuple[str, bytes | None]] | None
 ) -> str | None:
     """An event's trace context: its CloudEvents `traceparent` attribute (structured
     mode, or the `ce_traceparent` header in binary mode, both an extension attribute
-    once parsed), else a `traceparent` Kafka header. Called only while ENABLED."""
-    if extensions:
-        value = extensions.get(TRACEPARENT)
-        if isinstance(value, str):
-            return value
+    once parsed), else a `traceparent` Kafka header. `parsed` is the
+    `stock_schemas.kafka.ParsedEvent`. Called only while ENABLED."""
+    value = getattr(parsed, TRACEPARENT, None)  # a reader that keeps the attribute
+    if value is None:
+        extensions = parsed.envelope.model_extra
+        value = extensions.get(TRACEPARENT) if extensions else None
+    if isinstance(value, str):
+        return value
     for name, raw in headers or ():
         if name == TRACEPARENT and raw:
             try:
@@ -497,11 +500,15 @@ _Send = Callable[[dict[str, Any]], Any]
 
 class TraceRequests:
     """ASGI middleware: a SERVER span per HTTP request, continuing its `traceparent`
-    header, named `<method> <route template>` once routing has found the route.
+    header, named `<method> <route template>` once routing has found the route
+    (`route_templates`: the full template of each endpoint, as the app's metrics use).
     Added (outermost) only while tracing is on."""
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    def __init__(
+        self, app: Callable[..., Any], route_templates: Mapping[object, str] | None = None
+    ) -> None:
         self.app = app
+        self.route_templates = route_templates or {}
 
     async def __call__(self, scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
         if scope["type"] != "http" or _tracer is None:
@@ -527,7 +534,10 @@ class TraceRequests:
             try:
                 await self.app(scope, receive, observed_send)
             finally:
-                template = getattr(scope.get("route"), "path", None)
+                route = scope.get("route")
+                template = self.route_templates.get(
+                    getattr(route, "endpoint", None), getattr(route, "path", None)
+                )
                 if isinstance(template, str):
                     request_span.update_name(f"{method} {template}")
                     request_span.set_attribute("http.route", template)

@@ -23,7 +23,7 @@ import asyncpg
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
-from service import failpoints, metrics
+from service import failpoints, metrics, tracing
 from service.adapters.database import (
     OutageLog,
     asyncpg_dsn,
@@ -291,8 +291,10 @@ class OutboxRelay:
                 members.append(row)
                 position += 1
             try:
-                delivery = await self.producer.send_batch(batch, topic, partition=partition)
-                await delivery
+                # A `publish <topic>` span linked to each row's trace (none while off).
+                with tracing.publishing(topic, (decode_headers(r["headers"]) for r in members)):
+                    delivery = await self.producer.send_batch(batch, topic, partition=partition)
+                    await delivery
             except KafkaError as error:
                 if _passing(error):
                     for row in members:

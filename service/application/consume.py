@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from stock_schemas.envelope import EventType
 from stock_schemas.events import OrderCheckout, ReservationStatus
 
-from service import failpoints, metrics
+from service import failpoints, metrics, tracing
 from service.adapters import stock_store
 from service.application.unit_of_work import StockTransaction, UnitOfWork
 from service.domain.ledger import StockLedger
@@ -57,7 +57,8 @@ class BatchConsumer:
         """Apply a batch. Waits out database outages; never raises for bad input."""
         started = time.perf_counter()
         outcomes: dict[tuple[str, str], int] = {}
-        report = await self._handle(records, outcomes)
+        with tracing.batch(len(records), self.settings.kafka_group_id):
+            report = await self._handle(records, outcomes)
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         for (topic, outcome), count in outcomes.items():
@@ -67,7 +68,10 @@ class BatchConsumer:
     async def _handle(
         self, records: Sequence[KafkaRecord], outcomes: dict[tuple[str, str], int]
     ) -> BatchReport:
-        items = self.decode(records)
+        with tracing.span("decode"):
+            items = self.decode(records)
+        if tracing.ENABLED:
+            tracing.received(items)
         try:
             return await self._apply(items, outcomes)
         except Exception:
@@ -134,8 +138,9 @@ class BatchConsumer:
                         for line in event.data.lines
                     ],
                 )
-                for event in fresh:
-                    self._apply_event(ledger, event, tx.now)
+                with tracing.span("decide"):
+                    for event in fresh:
+                        self._apply_event(ledger, event, tx.now)
                 rejected.extend(
                     o for o in ledger.outcomes if o.status is ReservationStatus.REJECTED
                 )

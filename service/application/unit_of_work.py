@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service import tracing
 from service.adapters import policy_store, stock_store
 from service.adapters.database import retry_transient
 from service.domain.ledger import StockLedger
@@ -61,7 +62,8 @@ class StockTransaction:
 
         In the same transaction as their effects, so an event is applied exactly once
         however often it is delivered or a step is retried."""
-        return await stock_store.claim_events(self.conn, refs)
+        with tracing.span("claim"):
+            return await stock_store.claim_events(self.conn, refs)
 
     async def lock(
         self,
@@ -77,9 +79,12 @@ class StockTransaction:
         if self._ledger is not None:
             raise RuntimeError("a stock transaction locks its rows once")
         state = stock_store.LoadedState()
-        await stock_store.lock_orders(self.conn, order_ids, state, create_missing=create_orders)
-        held = {v for order in state.orders.values() for v in order.lines}
-        await stock_store.lock_variants(self.conn, held.union(variant_ids), state)
+        with tracing.span("lock"):
+            await stock_store.lock_orders(
+                self.conn, order_ids, state, create_missing=create_orders
+            )
+            held = {v for order in state.orders.values() for v in order.lines}
+            await stock_store.lock_variants(self.conn, held.union(variant_ids), state)
         self._state = state
         self._ledger = StockLedger(
             state.variants,
@@ -173,14 +178,17 @@ class UnitOfWork:
         """
 
         async def attempt() -> T:
-            async with self.engine.begin() as conn:
+            # tracing.transaction() exits after the commit: it ends the `commit` span.
+            async with tracing.transaction() as traced, self.engine.begin() as conn:
                 transaction = StockTransaction(
                     conn, self.settings, now or datetime.now(UTC), actor
                 )
                 result = await step(transaction)
-                await transaction._write_back(self.writer)
+                with tracing.span("write"):
+                    await transaction._write_back(self.writer)
                 if before_commit is not None:
                     before_commit()
+                traced.commit()
                 return result
 
         return await retry_transient(

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
+from service import tracing
 from service.config_errors import (
     ConfigurationError,
     describe_database_error,
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     for warning in unknown_variables(os.environ):
         log.warning(warning)
+    if args.handler in (_run, _relay, _api, _dev):  # the long-running processes
+        try:
+            tracing.configure_from_environment()
+        except tracing.TracingConfigurationError as error:
+            print(f"stock: {error}", file=sys.stderr)
+            return 2
     try:
         result: int = args.handler(args, settings)
         return result

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from service import tracing
 from service.entrypoints.asyncapi import package_version
 from service.entrypoints.http import counts, inventory, operations, reconciliation, stream
 from service.entrypoints.http import websocket as websocket_stream
 from service.entrypoints.http.analytics import router as analytics_router
-from service.entrypoints.http.dashboard import router as dashboard_router
 from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.jobs import router as jobs_router
 from service.entrypoints.http.middleware import BodySizeLimit, Contain, Cors, Observe
@@ -50,7 +50,6 @@ def create_app(services: ApiServices) -> FastAPI:
         (reports_router, "/api/inventory", "reports"),
         (jobs_router, "/api/inventory", "operations"),
         (operations.router, "", "operations"),
-        (dashboard_router, "/dashboard", "dashboard"),
     ):
         app.include_router(router, prefix=prefix, tags=[tag])
         for route in router.routes:
@@ -66,4 +65,6 @@ def create_app(services: ApiServices) -> FastAPI:
     app.add_middleware(
         Observe, route_templates=templates, access_log=settings.http_access_log
     )
+    if tracing.ENABLED:  # outermost: a span per request, continuing its traceparent
+        app.add_middleware(tracing.TraceRequests, route_templates=templates)
     return app
