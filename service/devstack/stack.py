@@ -263,6 +263,7 @@ def banner(
             f"  consumes    {', '.join(settings.consumed_topics)}",
             f"  publishes   {', '.join(settings.published_topics)}",
             f"  HTTP API    {api}  (docs {api}/docs, AsyncAPI {api}/asyncapi)",
+            f"  dashboard   {api}/dashboard  (paste the API token once)",
             token_line,
             "  From another shell:",
             f"    export STOCK_DATABASE_URL='{settings.database_url}'",

@@ -9,6 +9,7 @@ from service.entrypoints.asyncapi import package_version
 from service.entrypoints.http import counts, inventory, operations, reconciliation, stream
 from service.entrypoints.http import websocket as websocket_stream
 from service.entrypoints.http.analytics import router as analytics_router
+from service.entrypoints.http.dashboard import router as dashboard_router
 from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.jobs import router as jobs_router
 from service.entrypoints.http.middleware import BodySizeLimit, Contain, Cors, Observe
@@ -50,6 +51,7 @@ def create_app(services: ApiServices) -> FastAPI:
         (reports_router, "/api/inventory", "reports"),
         (jobs_router, "/api/inventory", "operations"),
         (operations.router, "", "operations"),
+        (dashboard_router, "/dashboard", "dashboard"),
     ):
         app.include_router(router, prefix=prefix, tags=[tag])
         for route in router.routes:
