@@ -347,7 +347,34 @@ async def _ensure_topics(settings: Settings) -> list[str]:
                     ]
                 )
             log.info("created topics %s", ", ".join(missing))
+        _warn_unless_copartitioned(
+            settings, await admin.describe_topics(list(settings.consumed_topics))
+        )
         return missing
     finally:
         with contextlib.suppress(KafkaError, OSError):
             await admin.close()
+
+
+def partition_counts(described: list[Any]) -> dict[str, int]:
+    """Topic -> partition count, from `AIOKafkaAdminClient.describe_topics`."""
+    return {
+        topic["topic"]: len(topic.get("partitions") or ())
+        for topic in described
+        if topic.get("partitions")
+    }
+
+
+def _warn_unless_copartitioned(settings: Settings, described: list[Any]) -> None:
+    """The consumed topics must have one partition count: with range assignment, then,
+    partition i of each goes to the same worker, and (keyed by order id) one order's
+    checkout, payment and cancellation meet in one worker and one batch. Different
+    counts stay correct (the database decides) but spread an order over workers."""
+    counts = partition_counts(described)
+    if len(set(counts.values())) > 1:
+        log.warning(
+            "the consumed topics have different partition counts (%s): one order's events "
+            "may reach different workers; give them the same count (docs/reference.md, "
+            "STOCK_KAFKA_TOPIC_PARTITIONS)",
+            ", ".join(f"{topic} {count}" for topic, count in sorted(counts.items())),
+        )

@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import itertools
 import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream import AckPolicy, Context
 from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker
@@ -34,6 +37,7 @@ from service.adapters.kafka import (
     wait_for_broker,
 )
 from service.adapters.migrate import refuse_outdated_schema
+from service.adapters.offsets import OffsetCommitter, next_offsets
 from service.adapters.outbox_relay import OutboxRelay
 from service.application.consume import BatchConsumer
 from service.application.expiry import HoldSweeper
@@ -114,8 +118,72 @@ async def _raw_decoder(message: Any, original_decoder: Any) -> Any:
     return None
 
 
+class _CommitInBackground:
+    """Stands in for the aiokafka consumer on one batch message. FastStream acknowledges
+    a batch by `commit()` once its handler returned (the transaction committed): this
+    hands the batch's own offsets to the committer and returns at once, so the next
+    batch is fetched without waiting for the round trip. A nack's `seek()` (rewind)
+    goes to the consumer as before. While the worker stops, the commit is waited for,
+    as before: the consumer must not leave the group with it still in flight."""
+
+    def __init__(
+        self,
+        committer: OffsetCommitter,
+        consumer: AIOKafkaConsumer,
+        records: tuple[Any, ...],
+        batches: BatchInHand,
+    ) -> None:
+        self._committer = committer
+        self._consumer = consumer
+        self._records = records
+        self._batches = batches
+
+    async def commit(self) -> None:
+        self._committer.hand_over(self._consumer, next_offsets(self._records))
+        if self._batches.stopping:
+            await self._committer.flush()
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._consumer.seek(partition, offset)
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another worker, commit what this one applied of them
+    (else the other worker gets those records again: harmless, but wasted work)."""
+
+    def __init__(self, committer: OffsetCommitter) -> None:
+        self._committer = committer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._committer.flush()
+        self._committer.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
+async def _next_batch(subscriber: Any, consumer: AIOKafkaConsumer) -> tuple[Any, ...]:
+    """FastStream's batch fetch without its pause: after an empty fetch it sleeps the
+    whole batch timeout, so a record that comes meanwhile waits for the sleep. aiokafka's
+    getmany already returns at once with whatever is buffered (up to max_records) and
+    waits up to the timeout only when nothing is: a quiet worker answers as soon as a
+    record arrives, a busy one takes what has piled up."""
+    batches = await consumer.getmany(
+        timeout_ms=subscriber.batch_timeout_ms, max_records=subscriber.max_records
+    )
+    return tuple(itertools.chain.from_iterable(batches.values()))
+
+
+def _track(tasks: list[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
+    tasks.append(task)
+    task.add_done_callback(lambda done: done in tasks and tasks.remove(done))  # type: ignore[func-returns-value]
+
+
 def build_broker(
-    settings: Settings, consumer: BatchConsumer, in_hand: BatchInHand | None = None
+    settings: Settings,
+    consumer: BatchConsumer,
+    in_hand: BatchInHand | None = None,
+    committer: OffsetCommitter | None = None,
 ) -> KafkaBroker:
     batches = in_hand or BatchInHand()
     broker = KafkaBroker(
@@ -129,8 +197,20 @@ def build_broker(
         # abandons it sooner, within the same grace period.
         graceful_timeout=settings.shutdown_grace_seconds,
     )
+    # A commit in flight is what FastStream's own commit was: it holds the subscriber's
+    # lock (made when it starts), so a stop waits for it, and it is one of the
+    # subscriber's tasks, so a stop that cannot wait (the broker is away) cancels it.
+    offsets = committer or OffsetCommitter(
+        hold=lambda: subscriber.lock, track=lambda task: _track(subscriber.tasks, task)
+    )
 
-    @broker.subscriber(
+    async def parse_batch(records: tuple[Any, ...], original_parser: Any) -> Any:
+        message = await _tolerant_batch_parser(records, original_parser)
+        if isinstance(message.consumer, AIOKafkaConsumer):
+            message.consumer = _CommitInBackground(offsets, message.consumer, records, batches)
+        return message
+
+    subscriber = broker.subscriber(
         *settings.consumed_topics,
         group_id=settings.kafka_group_id,
         batch=True,
@@ -140,18 +220,27 @@ def build_broker(
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         group_instance_id=settings.kafka_group_instance_id,
+        # Co-partitioned input: partition i of every consumed topic goes to the same
+        # worker (the topics have one partition count, ensure_topics), and producers
+        # key every event by order id, so one order's events meet in one worker.
+        # aiokafka's default, round robin, spreads each topic's partitions apart.
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        listener=_FlushOnRevoke(offsets),
         auto_offset_reset="earliest",
         # A checkout from a producer transaction that aborted never happened.
         isolation_level="read_committed",
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        parser=_tolerant_batch_parser,
+        parser=parse_batch,
         decoder=_raw_decoder,
         title="stock-worker",
         description="Order and payment events: reserve, confirm, release, return stock.",
     )
+
+    @subscriber
     async def consume_batch(body: Any, message: Any = Context("message")) -> None:
         await batches.handle(consumer, message.raw_message)
 
+    subscriber.get_msg = functools.partial(_next_batch, subscriber)  # type: ignore[method-assign]
     return broker
 
 
