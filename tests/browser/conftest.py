@@ -139,7 +139,7 @@ async def paste_token(page: Page, token: str) -> None:
     await page.fill("#token-input", token)
     await page.press("#token-input", "Enter")
     await page.wait_for_function(
-        "document.getElementById('who').textContent.startsWith('token ')"
+        "() => document.getElementById('who').textContent.startsWith('token ')"
     )
 
 

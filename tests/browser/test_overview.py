@@ -40,7 +40,7 @@ async def test_a_kafka_checkout_taking_a_variant_below_its_threshold_shows_live(
     row = page.locator("tr[data-variant-id='tee-s']")
     await row.wait_for()
     await page.wait_for_function(
-        "document.querySelector(\"tr[data-variant-id='tee-s'] [data-field='available']\")"
+        "() => document.querySelector(\"tr[data-variant-id='tee-s'] [data-field='available']\")"
         ".textContent === '3'"
     )
     assert await row.locator("[data-field='reserved']").text_content() == "7"
