@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 import pydantic_core
@@ -94,11 +95,42 @@ def decode_headers(stored: Any) -> list[tuple[str, bytes | None]]:
     ]
 
 
+def _json_or_null(text: str | None) -> str:
+    return "null" if text is None else _json_string(text)
+
+
 class EventWriter:
-    """Turns domain effects into CloudEvents for the configured topics."""
+    """Turns domain effects into CloudEvents for the configured topics.
+
+    The two events of every consumed checkout and payment, `stock.changed` and
+    `stock.reservation`, are written straight to JSON text from the domain objects
+    (no dict per event, no generic serializer: 4.4 -> 2.4 µs a `stock.changed`,
+    docs/design.md "Consume loop and cost per event"); the rest, and every event while
+    tracing is on (it adds `traceparent`), go through a dict and pydantic-core.
+    tests/unit/test_outbound_matches_schemas.py reads both forms back with the models.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        source = _json_string(settings.event_source)
+        self._changed_head = (
+            f'{{"specversion":"1.0","id":"%s","source":{source},'
+            f'"type":"{EventType.STOCK_CHANGED}","time":"%s",'
+            '"datacontenttype":"application/json","subject":%s,"data":'
+        )
+        self._reservation_head = (
+            f'{{"specversion":"1.0","id":"%s","source":{source},'
+            f'"type":"{EventType.STOCK_RESERVATION}","time":"%s",'
+            '"datacontenttype":"application/json","subject":%s,"data":'
+        )
+
+    def _message(self, topic: str, key: str, value: str) -> OutboxMessage:
+        return OutboxMessage(
+            topic=topic,
+            key=key.encode(),
+            value=value.encode(),
+            headers=_STRUCTURED_HEADERS,
+        )
 
     def _event(
         self,
@@ -133,6 +165,20 @@ class EventWriter:
         )
 
     def stock_changed(self, change: StockChange, time: datetime) -> OutboxMessage:
+        if not tracing.ENABLED:
+            variant = _json_string(change.variant_id)
+            reference = change.reference
+            value = (
+                self._changed_head % (new_event_id(), _isoformat(time), variant)
+                + f'{{"variant_id":{variant},"product_id":{_json_string(change.product_id)},'
+                f'"on_hand":{change.on_hand},"reserved":{change.reserved},'
+                f'"available":{change.available},"change_type":"{change.change_type.value}",'
+                f'"delta_on_hand":{change.delta_on_hand},'
+                f'"delta_reserved":{change.delta_reserved},'
+                f'"reference":{_json_or_null(reference)},"version":{change.version}}}'
+                + ("}" if reference is None else f',"correlationid":{_json_string(reference)}}}')
+            )
+            return self._message(self.settings.topic_stock_changed, change.variant_id, value)
         data = {
             "variant_id": change.variant_id,
             "product_id": change.product_id,
@@ -167,6 +213,28 @@ class EventWriter:
         )
 
     def reservation(self, outcome: ReservationOutcome, time: datetime) -> OutboxMessage:
+        if not tracing.ENABLED:
+            order = _json_string(outcome.order_id)
+            lines = ",".join(
+                f'{{"variant_id":{_json_string(v)},"quantity":{q}}}' for v, q in outcome.lines
+            )
+            tail = ""
+            if outcome.reason is not None:
+                tail += f',"reason":{_json_string(outcome.reason)}'
+            if outcome.shortages:
+                shortages = ",".join(
+                    f'{{"variant_id":{_json_string(s.variant_id)},'
+                    f'"requested":{s.requested},"available":{s.available}}}'
+                    for s in outcome.shortages
+                )
+                tail += f',"shortages":[{shortages}]'
+            value = (
+                self._reservation_head % (new_event_id(), _isoformat(time), order)
+                + f'{{"order_id":{order},"status":"{outcome.status.value}","lines":[{lines}]'
+                + tail
+                + f'}},"correlationid":{order}}}'
+            )
+            return self._message(self.settings.topic_stock_reservation, outcome.order_id, value)
         data: dict[str, Any] = {
             "order_id": outcome.order_id,
             "status": outcome.status.value,
