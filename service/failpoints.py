@@ -1,9 +1,10 @@
 """Crash points: the process dies at an exact place in its work, as a SIGKILL there would.
 
 A random SIGKILL rarely lands in the narrow windows that matter most: between a
-batch's commit and its offset commit, or between the relay's send and its marking
-the rows published. The fault suite (`make faults`) arms these points instead, as
-FoundationDB's buggify and TiKV's fail-rs do:
+batch's commit and its offset commit, between the relay's send and its deleting the
+rows, or around the fast path's send of a commit's reservation rows. The fault suite
+(`make faults`) arms these points instead, as FoundationDB's buggify and TiKV's
+fail-rs do:
 
     STOCK_FAILPOINTS="after_commit@40,relay_after_send@3"
 
@@ -25,8 +26,13 @@ EXIT_CODES = {
     "mid_batch": 81,
     # The batch transaction committed; Kafka offsets not committed yet.
     "after_commit": 82,
-    # Kafka acknowledged the relay's batch; the rows are not marked published yet.
+    # Kafka acknowledged the relay's batch; the rows are not deleted yet.
     "relay_after_send": 83,
+    # A transaction committed and handed its stock.reservation rows to the fast path,
+    # which is about to send them (service/adapters/fast_publish.py).
+    "fast_before_send": 84,
+    # Kafka acknowledged the fast path's rows; they are not deleted yet.
+    "fast_after_send": 85,
 }
 
 

@@ -40,6 +40,12 @@ OUTBOX_PUBLISHED = Counter(
 OUTBOX_PARKED = Counter(
     "stock_outbox_parked", "Outbox rows Kafka refused for good (kept with their error)."
 )
+OUTBOX_FAST_PATH = Counter(
+    "stock_outbox_fast_path",
+    "stock.reservation rows by what the fast path did: sent (and settled), failed or"
+    " dropped (left to the relay).",
+    ["outcome"],
+)
 OUTBOX_PUBLISH_SECONDS = Histogram(
     "stock_outbox_publish_latency_seconds",
     "From the commit that wrote an outbox row to Kafka's acknowledgement of it.",

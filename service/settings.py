@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     #: Fallback poll; the relay is woken by LISTEN/NOTIFY as soon as a batch commits.
     outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_retention_hours: float = Field(default=24.0, ge=0)
+    #: The fast path (service/adapters/fast_publish.py): a worker publishes the
+    #: stock.reservation rows it has just committed itself; the relay sweeps only what
+    #: it did not settle, once a row is this old (a failed send: at once).
+    outbox_fast_path: bool = True
+    outbox_fast_path_grace_ms: int = Field(default=2000, ge=0)
 
     #: Retention: `stock prune` and the daily `prune` job delete rows older than these,
     #: in batches of `retention_batch_size` (service/application/retention.py, whose

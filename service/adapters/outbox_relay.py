@@ -1,13 +1,21 @@
-"""Publishes outbox rows to Kafka in id order, then marks them published.
+"""Publishes outbox rows to Kafka in id order, then deletes them.
 
 One relay at a time per database: the leader holds a session-level advisory
 lock on its LISTEN connection; if it dies, the connection closes, the lock is
 freed and another worker's relay takes over within a poll interval. A single
 publisher, in id order, keeps every key's events in the order they committed.
 
-Delivery is at least once: a relay that dies after publishing and before marking
+Delivery is at least once: a relay that dies after publishing and before deleting
 republishes those rows. Each carries a stable CloudEvent `id` (and `stock.changed`
 a per-variant `version`), so consumers drop the repeat.
+
+Sent rows are deleted, not marked: an UPDATE of `published_at`, a column in the
+partial index's predicate, is never a HOT update (a new row version and new index
+entries per row). Only a row Kafka refuses for good is kept, parked with its error.
+
+A `stock.reservation` row with a `sweep_after` still ahead is left alone: the worker
+that committed it is sending it itself (service/adapters/fast_publish.py). The relay
+sweeps it after that hold if the fast path has not deleted it.
 """
 
 from __future__ import annotations
@@ -53,9 +61,10 @@ _FETCH = """
     SELECT id, topic, key, value, headers,
            extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
     FROM outbox
-    WHERE published_at IS NULL ORDER BY id LIMIT $1
+    WHERE published_at IS NULL AND (sweep_after IS NULL OR sweep_after <= now())
+    ORDER BY id LIMIT $1
 """
-_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+_SETTLE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _PARK = "UPDATE outbox SET published_at = now(), publish_error = $2 WHERE id = $1"
 _PURGE = "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)"
 
@@ -233,7 +242,7 @@ class OutboxRelay:
                 parked.append((row_id, repr(error)))
         if sent:
             failpoints.reach("relay_after_send")
-            await conn.execute(_MARK, sent)
+            await conn.execute(_SETTLE, sent)
             by_id = {row["id"]: row for row in rows}
             _observe_published([by_id[i] for i in sent], time.monotonic() - fetched_at)
         if parked:
@@ -290,6 +299,8 @@ class OutboxRelay:
                     break
                 members.append(row)
                 position += 1
+            # Closed: aiokafka would otherwise hold it open for the linger, for send().
+            batch.close()
             try:
                 # A `publish <topic>` span linked to each row's trace (none while off).
                 with tracing.publishing(topic, (decode_headers(r["headers"]) for r in members)):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    and_,
     func,
     text,
 )
@@ -209,11 +210,21 @@ outbox = Table(
     #: [[name, base64 value], ...]: header values are bytes and may not be UTF-8.
     Column("headers", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    #: Sent rows are deleted (an UPDATE of this column, in the partial indexes'
+    #: predicates, is never HOT): set only on parked rows (and by releases before 0004).
     Column("published_at", DateTime(timezone=True), nullable=True),
     #: Set when Kafka refused the row for good (e.g. too large): parked, not retried.
     Column("publish_error", Text, nullable=True),
+    #: stock.reservation rows only: the relay leaves the row to the fast path until then
+    #: (service/adapters/fast_publish.py).
+    Column("sweep_after", DateTime(timezone=True), nullable=True),
 )
 Index("outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None))
+Index(
+    "outbox_reservation_keys",
+    outbox.c.key,
+    postgresql_where=and_(outbox.c.sweep_after.isnot(None), outbox.c.published_at.is_(None)),
+)
 
 stock_counts = Table(
     "stock_counts",

@@ -27,7 +27,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import tracing
-from service.adapters import policy_store, stock_store
+from service.adapters import fast_publish, policy_store, stock_store
 from service.adapters.database import retry_transient
 from service.domain.ledger import StockLedger
 from service.domain.model import Anomaly, EventRef, actor_of
@@ -56,6 +56,10 @@ class StockTransaction:
         self._anomalies: list[Anomaly] = []
         #: How many outbox messages the write-back appended (known once it has run).
         self.appended = 0
+        #: Whether this process has a fast-path publisher for the reservation rows.
+        self.fast = False
+        #: The rows the write-back appended for it, handed over once the commit is done.
+        self.fast_rows: list[fast_publish.FastRow] = []
 
     async def claim(self, refs: Collection[EventRef]) -> set[EventRef]:
         """Record these event ids as processed; returns the ones not seen before.
@@ -145,7 +149,9 @@ class StockTransaction:
             )
             messages.extend(writer.stock_anomaly(anomaly, self.now) for anomaly in anomalies)
         messages.extend(self._extra)
-        await stock_store.append_outbox(self.conn, messages)
+        self.fast_rows = await fast_publish.append_outbox(
+            self.conn, messages, self._settings, fast=self.fast
+        )
         self.appended = len(messages)
 
 
@@ -156,6 +162,9 @@ class UnitOfWork:
         self.engine = engine
         self.settings = settings
         self.writer = EventWriter(settings)
+        #: Where committed stock.reservation rows go at once (service/adapters/
+        #: fast_publish.py); None: the process's installed one, if any.
+        self.publisher: fast_publish.FastPublisher | None = None
 
     async def run(
         self,
@@ -177,24 +186,39 @@ class UnitOfWork:
         for Kafka events (their `source`) and the service's own jobs.
         """
 
+        publisher = self._publisher()
+        committed: list[StockTransaction] = []
+
         async def attempt() -> T:
+            committed.clear()
             # tracing.transaction() exits after the commit: it ends the `commit` span.
             async with tracing.transaction() as traced, self.engine.begin() as conn:
                 transaction = StockTransaction(
                     conn, self.settings, now or datetime.now(UTC), actor
                 )
+                transaction.fast = publisher is not None
                 result = await step(transaction)
                 with tracing.span("write"):
                     await transaction._write_back(self.writer)
                 if before_commit is not None:
                     before_commit()
                 traced.commit()
-                return result
+                committed.append(transaction)
+            return result
 
-        return await retry_transient(
+        result = await retry_transient(
             attempt,
             what=what,
             initial_backoff=self.settings.retry_initial_backoff_seconds,
             max_backoff=self.settings.retry_max_backoff_seconds,
             give_up_after=give_up_after,
         )
+        if publisher is not None and committed:
+            publisher.hand_over(committed[0].fast_rows)  # committed: send them now
+        return result
+
+    def _publisher(self) -> fast_publish.FastPublisher | None:
+        if not self.settings.outbox_fast_path:
+            return None
+        publisher = self.publisher or fast_publish.installed()
+        return publisher if publisher is not None and publisher.accepting else None

@@ -27,6 +27,7 @@ from faststream import AckPolicy, Context
 from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker
 
+from service.adapters import fast_publish
 from service.adapters.database import create_engine, database_outage, describe, watch_database
 from service.adapters.kafka import (
     broker_watch,
@@ -257,6 +258,8 @@ class Worker:
         self.scheduler = JobScheduler(self.engine, settings) if settings.jobs_enabled else None
         self.producer: Any = None  # aiokafka wants a running loop: made in start()
         self.relay: OutboxRelay | None = None
+        #: Sends the stock.reservation rows this process commits (STOCK_OUTBOX_FAST_PATH).
+        self.fast_publisher: fast_publish.FastPublisher | None = None
         self.in_hand = BatchInHand()
         self.broker = build_broker(settings, self.consumer, self.in_hand)
         [self.subscriber] = self.broker.subscribers
@@ -275,10 +278,21 @@ class Worker:
         if self.settings.kafka_create_topics:
             self.starting = f"creating topics on {broker_at}"
             await ensure_topics(self.settings)
-        if self._relay:
+        if self._relay or self.settings.outbox_fast_path:
             self.starting = f"connecting the outbox relay to {broker_at}"
             self.producer = create_producer(self.settings)
             await self.producer.start()
+        if self.settings.outbox_fast_path:
+            self.fast_publisher = fast_publish.FastPublisher(
+                self.engine, self.producer, self.settings
+            )
+            self.fast_publisher.start()
+            # This worker's batches and holds through its own publisher; the HTTP API
+            # and CLI commands of this process through the installed one.
+            self.consumer.unit_of_work.publisher = self.fast_publisher
+            self.sweeper.unit_of_work.publisher = self.fast_publisher
+            fast_publish.install(self.fast_publisher)
+        if self._relay:
             self.relay = OutboxRelay(self.settings, self.producer)
             self._tasks.append(asyncio.create_task(self.relay.run_forever(), name="outbox-relay"))
         if self._sweep:
@@ -314,6 +328,11 @@ class Worker:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(deadline - loop.time(), 0.1))
         self._tasks.clear()
+        if self.fast_publisher is not None:
+            # What it has not sent by then stays in the outbox for the relay.
+            fast_publish.uninstall(self.fast_publisher)
+            await self.fast_publisher.stop(min(1.0, deadline - loop.time()))
+            self.fast_publisher = None
         if self.producer is not None:
             await stop_producer(self.producer, deadline - loop.time())
             self.producer = None

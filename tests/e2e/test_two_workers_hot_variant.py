@@ -215,10 +215,9 @@ async def _write_outbox(engine: Any, messages: list[OutboxMessage]) -> None:
 
 
 async def _published(engine: Any, value: bytes) -> bool:
-    done = await scalar(
-        engine, "SELECT published_at IS NOT NULL FROM outbox WHERE value = :v", v=value
-    )
-    return bool(done)
+    # Sent rows are deleted.
+    waiting = await scalar(engine, "SELECT count(*) FROM outbox WHERE value = :v", v=value)
+    return waiting == 0
 
 
 def _row(topic: str, label: str) -> OutboxMessage:

@@ -276,9 +276,12 @@ class Scenario:
 #: the relay leader reaches it, dies, and the other takes the lead and reaches it
 #: too. Their next incarnations die inside a batch and between a batch's commit and
 #: its offset commit, ten batches after they start consuming: while catching up.
+#: The last ones die in the fast path (service/adapters/fast_publish.py), at its tenth
+#: round: after a commit, before its reservation rows are sent; after Kafka
+#: acknowledged them, before they are deleted.
 EVERY_CRASH_POINT = {
-    0: ("relay_after_send@3", "after_commit@10", "mid_batch@10"),
-    1: ("relay_after_send@3", "mid_batch@10", "after_commit@10"),
+    0: ("relay_after_send@3", "after_commit@10", "mid_batch@10", "fast_before_send@10"),
+    1: ("relay_after_send@3", "mid_batch@10", "after_commit@10", "fast_after_send@10"),
 }
 
 
@@ -290,8 +293,12 @@ def scenarios(short: bool) -> list[Scenario]:
         "Every fault in one run, poison and expiring holds included",
         ("kill", "pause", "db-restart", "broker-cut", "rewind", "crash-points"),
         Mix(seconds=seconds * 1.5, poison_share=0.08, short_hold_share=0.12),
-        # One after a commit, one in the relay (whichever worker leads it then).
-        {0: ("after_commit@10",), 1: ("relay_after_send@3",)},
+        # One after a commit, one in the relay (whichever worker leads it then), one on
+        # each side of the fast path's send.
+        {
+            0: ("after_commit@10", "fast_before_send@10"),
+            1: ("fast_after_send@10", "relay_after_send@3"),
+        },
     )
     if short:
         return [every]
@@ -308,11 +315,12 @@ def scenarios(short: bool) -> list[Scenario]:
         Scenario("rewind", "The group's offsets rewound to the beginning", ("rewind",), plain),
         Scenario(
             "crash-points",
-            "Crashes inside a batch, between its commit and its offset commit, and "
-            "between the relay's send and its marking rows published (2 of each)",
+            "Crashes inside a batch, between its commit and its offset commit, "
+            "between the relay's send and its deleting the rows (2 of each), and on "
+            "each side of the fast path's send",
             ("crash-points",),
-            # Six crashes, each followed by a rejoin: the load lasts long enough for all.
-            Mix(seconds=max(seconds, 20) * 2.25),
+            # Eight crashes, each followed by a rejoin: the load lasts long enough for all.
+            Mix(seconds=max(seconds, 20) * 3),
             EVERY_CRASH_POINT,
         ),
         Scenario(
