@@ -39,7 +39,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import failpoints, metrics
+from service import failpoints, metrics, tracing
 from service.adapters.database import describe
 from service.adapters.tables import OUTBOX_CHANNEL
 from service.outbound import OutboxMessage
@@ -306,7 +306,9 @@ class FastPublisher:
                 return sent, rows[position:]
             batch.close()  # sent now, not after the producer's linger
             try:
-                await (await self.producer.send_batch(batch, topic, partition=partition))
+                # A `publish <topic>` span linked to each message's trace (none while off).
+                with tracing.publishing(topic, (m.message.headers for m in members)):
+                    await (await self.producer.send_batch(batch, topic, partition=partition))
             except KafkaError as error:
                 log.info("outbox fast path: %s; the relay sends these rows", describe(error))
                 # Stop here: a later row of this partition must not overtake these.

@@ -57,13 +57,12 @@ async def test_a_checkout_trace_reaches_its_answer_on_kafka(kafka_settings, engi
             timeout=WAIT,
             what="the reservation",
         )
-        # The relay's publish spans end after the delivery it waits for.
+        # Publish spans end after the delivery they wait for: the fast path's (the
+        # answer) and the relay's (the stock change).
+        wanted = {f"publish {s.topic_stock_reservation}", f"publish {s.topic_stock_changed}"}
         await wait_until(
-            lambda: any(
-                span.name == f"publish {s.topic_stock_changed}"
-                for span in spans.get_finished_spans()
-            ),
-            what="the relay's publish span",
+            lambda: wanted <= {span.name for span in spans.get_finished_spans()},
+            what="the publish spans",
         )
     [answer] = reader.messages[s.topic_stock_reservation]
     document = json.loads(answer.value)
@@ -83,6 +82,11 @@ async def test_a_checkout_trace_reaches_its_answer_on_kafka(kafka_settings, engi
     names = {span.name for span in finished if span.parent is not None
              and span.parent.span_id == batch.context.span_id}
     assert set(tracing.PHASES) <= names
-    # The relay's send of the stock change links back to the checkout's trace.
-    published = [span for span in finished if span.name == f"publish {s.topic_stock_changed}"]
-    assert any(link.context.trace_id == TRACE_ID for span in published for link in span.links)
+    # Each send links back to the context its message carries: the answer's to the
+    # worker's `process` span, the stock change's to the checkout's trace.
+    [answered] = [span for span in finished if span.name == f"publish {s.topic_stock_reservation}"]
+    assert [(link.context.trace_id, link.context.span_id) for link in answered.links] == [
+        (TRACE_ID, process.context.span_id)
+    ]
+    changed = [span for span in finished if span.name == f"publish {s.topic_stock_changed}"]
+    assert any(link.context.trace_id == TRACE_ID for span in changed for link in span.links)
