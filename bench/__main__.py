@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from bench.workload import SCENARIOS
+
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
@@ -29,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--scenario",
         action="append",
-        choices=["uniform", "flash", "multiline", "two-workers"],
+        choices=list(SCENARIOS),
         help="run only these (repeatable; default: all)",
     )
     bench.add_argument(
@@ -44,6 +46,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="measure workers with --no-relay beside a `stock relay` process",
     )
+    bench.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=15.0,
+        help="seconds of each fixed-rate probe of the latency curve",
+    )
+    bench.add_argument(
+        "--no-curve", action="store_true", help="skip the fixed-rate probe and its curve"
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="for development: --scale 0.1, --naive-seconds 5, --probe-seconds 5, --http-seconds 3",
+    )
+    bench.add_argument("--no-http", action="store_true", help="skip the HTTP reserve measurement")
+    bench.add_argument("--http-seconds", type=float, default=10.0)
     bench.add_argument("--out", type=Path, default=Path("docs") / "benchmarks.md")
     bench.add_argument(
         "--database-url", help="a PostgreSQL server to create databases on (default: embedded)"
@@ -54,11 +72,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bench.report import summary, write_figures, write_plot, write_report
+    from bench.extras import measure_extras
+    from bench.report import (
+        summary,
+        write_curve_plot,
+        write_figures,
+        write_plot,
+        write_report,
+    )
     from bench.run import run_benchmarks
     from bench.stack import running_stack
 
-    names = args.scenario or ["uniform", "flash", "multiline", "two-workers"]
+    if args.quick:
+        args.scale, args.naive_seconds, args.probe_seconds = 0.1, 5.0, 5.0
+        args.http_seconds = 3.0
+    names = args.scenario or list(SCENARIOS)
     with running_stack(args.database_url, args.bootstrap_servers) as stack:
         results = asyncio.run(
             run_benchmarks(
@@ -68,21 +96,41 @@ def _bench(args: argparse.Namespace) -> int:
                 naive_seconds=args.naive_seconds,
                 latency_rate=args.latency_rate,
                 relay_apart=args.relay_apart,
+                probe_seconds=args.probe_seconds,
+                curve=not args.no_curve,
             )
+        )
+        extras = asyncio.run(
+            measure_extras(stack, http=not args.no_http, http_seconds=args.http_seconds)
         )
     plot = args.out.with_suffix(".png")
     drew = write_plot(results, plot)
+    curve_plot = args.out.with_name("latency-curve.png")
+    drew_curve = write_curve_plot(results, curve_plot)
     command = (
         " ".join(
             ["make bench (python -m bench", *(f"--scenario {n}" for n in args.scenario or ())]
             + ([f"--scale {args.scale}"] if args.scale != 1.0 else [])
             + ([f"--latency-rate {args.latency_rate}"] if args.latency_rate else [])
             + (["--relay-apart"] if args.relay_apart else [])
+            + ([f"--probe-seconds {args.probe_seconds:g}"] if args.probe_seconds != 15.0 else [])
+            + (["--no-curve"] if args.no_curve else [])
+            + (["--no-http"] if args.no_http else [])
+            + ([f"--http-seconds {args.http_seconds:g}"] if args.http_seconds != 10.0 else [])
         )
         + ")"
     )
-    write_report(results, args.out, command, plot if drew else None)
-    write_figures(results, args.out.with_suffix(".json"))
+    if args.quick:
+        command = command.replace("--scale 0.1", "--quick")
+    write_report(
+        results,
+        args.out,
+        command,
+        plot if drew else None,
+        extras=extras,
+        curve_plot=curve_plot if drew_curve else None,
+    )
+    write_figures(results, args.out.with_suffix(".json"), extras)
     print(summary(results))
     print(f"wrote {args.out}" + (f" and {plot}" if drew else " (no plot: pip install matplotlib)"))
     return 0

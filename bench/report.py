@@ -8,15 +8,23 @@ import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.run import ScenarioResult
+from bench.extras import Extras
+from bench.probe import ProbeResult
+from bench.run import CURVE_SHARES, ScenarioResult
 from service.settings import Settings
 
-#: The targets of issue #4, as ratios measured in the same run.
+#: The targets of issues 4 and 14, as ratios measured in the same run.
 TARGET_NAIVE = 10.0
-TARGET_CEILING = 0.5
+TARGET_CEILING = 0.7
 TARGET_FLASH_VS_UNIFORM = 0.5
 TARGET_P99_MS = 100.0
 TARGET_RSS_MB = 200.0
+TARGET_PROBE_RATE = 2_000.0
+TARGET_HTTP_RATE = 1_500.0
+TARGET_HTTP_P99_MS = 50.0
+
+#: Issue 14's figures for `stock run` with its defaults, by the same probe (before).
+ISSUE_PROBE = ((200, 30, 63), (1_000, 52, 133), (2_000, 60, 175))
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -27,8 +35,15 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 
 def write_report(
-    results: list[ScenarioResult], path: Path, command: str, plot: Path | None
+    results: list[ScenarioResult],
+    path: Path,
+    command: str,
+    plot: Path | None,
+    *,
+    extras: Extras | None = None,
+    curve_plot: Path | None = None,
 ) -> None:
+    extras = extras or Extras(missing={"http": "not measured", "spans": "not measured"})
     by_name = {r.scenario.name: r for r in results}
     lines = [
         "# Benchmarks",
@@ -67,13 +82,20 @@ def write_report(
         "| target | measured | met | gap |",
         "| --- | --- | --- | --- |",
     ]
+    lines += _probe_targets(by_name)
     lines += _targets(by_name)
-    flash = by_name.get("flash")
-    if flash is not None:
+    lines += _http_targets(extras)
+    lines += _curve_section(by_name, curve_plot)
+    lines += _http_section(extras)
+    lines += _span_section(extras)
+    for flash_name in ("flash", "flash-two-workers"):
+        flash = by_name.get(flash_name)
+        if flash is None:
+            continue
         c = flash.worker.checks
         lines += [
             "",
-            "## Flash sale: the stock, unit by unit",
+            f"## {flash.scenario.title}: the stock, unit by unit",
             "",
             f"{c['units']:,} units; {c['sold']:,} sold; {c['on_hand']:,} on hand after the "
             f"run; {c['reserved']} still reserved ({c['still_reserved_orders']} orders still "
@@ -96,8 +118,17 @@ def write_report(
         "  /proc. Commits/event from `pg_stat_database.xact_commit`, which also counts the",
         "  harness's own polls (4 a second). Outbox: the largest unpublished backlog seen,",
         "  and how long after the last event was applied the relay had published all.",
-        "- **Latency:** with the workers warm, a quarter as many orders again are published",
-        "  at half the measured rate; each event is timed from its send to its",
+        "- **Fixed-rate probe** (`bench/probe.py`): one-line checkouts of random variants,",
+        "  published at a fixed rate by a producer process of their own (what is due is sent",
+        "  every 2 ms); each is timed from its `send()` to the moment a SEPARATE reader",
+        "  process (fetch wait 10 ms: tansu holds an empty fetch for the whole wait) holds",
+        "  its `stock.reservation` answer. Both stamp with CLOCK_MONOTONIC. Run against the",
+        "  uniform scenario's worker, warm, after its throughput was measured: the maximum",
+        "  rate is that worker's events/s in this run, and the curve's points are shares of",
+        "  it (in checkouts/s). This is how issue 14 measured `stock run` before.",
+        "- **Latency (mixed events):** with the workers warm, a quarter as many orders",
+        "  again (checkouts, payments, cancellations) are published at half the measured",
+        "  rate from the harness's own process; each event is timed from its send to its",
         "  `stock.reservation` answer read back from Kafka (events without an answer of",
         "  their own, such as a payment failure after a rejection, are not timed).",
         "- **Naive consumer** (`bench/naive.py`): the seed's way, one",
@@ -124,7 +155,8 @@ def _analysis(by_name: dict[str, ScenarioResult]) -> list[str]:
         "",
         "## Where the time goes, and why targets are missed",
         "",
-        "Profile of a worker process while it drains the uniform stream:",
+        "From issue 4 (before issue 14's changes), a profile of a worker process while it",
+        "drains the uniform stream:",
         "`py-spy record -p $(pgrep -f 'cli run --no-api') -d 6 -r 200 -f raw -o spy.txt`",
         "during `python -m bench --scenario uniform --scale 0.5`. The process was busy in 92% of",
         "the samples: it is CPU-bound on one core. Of its time, the batch transaction took",
@@ -171,30 +203,21 @@ def _analysis(by_name: dict[str, ScenarioResult]) -> list[str]:
             ]
         if w.rate < TARGET_CEILING * uniform.ceiling_rate:
             lines += [
-                f"- **x0.5 ceiling** (measured {w.rate / uniform.ceiling_rate:.2f}x): the",
+                f"- **x{TARGET_CEILING} ceiling** (measured "
+                f"{w.rate / uniform.ceiling_rate:.2f}x): the",
                 "  ceiling replays the same SQL with no Python work at all; the worker's",
                 "  Python (decode, ledger, outbox events, relay, Kafka client) takes most of",
                 "  each event's time on a core it shares.",
             ]
         if p99 >= TARGET_P99_MS:
             lines += [
-                f"- **p99 < 100 ms at half the rate** (measured {p99:.0f} ms): an answer on",
-                "  `stock.reservation` waits for the relay, which runs in the same process",
-                "  as the consumer and publishes in commit order, behind the `stock.changed`",
-                "  rows committed before it. The outbox backlog reached "
-                f"{w.outbox_max_backlog:,} rows here.",
-                "  At a low rate the same path is",
-                "  fast: `python -m bench --scenario uniform --scale 0.05 --latency-rate 100`",
-                "  measured",
-                "  p50 39 ms and p99 70 ms. A relay in its own process (`stock run --no-relay`",
-                "  beside `stock relay`) helps: `python -m bench --scenario uniform --scale 0.5",
-                "  --relay-apart` measured 6,628 events/s and p50 162 ms at half that rate,",
-                "  against 6,075 events/s and p50 205 ms with the relay inside the worker in",
-                "  the same session; p99 stayed near 300 ms. The rest of the latency is the",
-                "  batch itself: at half the rate a worker still takes up to 500 records per",
-                "  batch, and every event waits for the batch before its own to commit. Meeting",
-                "  100 ms at these rates needs a cheaper event (the Python work above), not",
-                "  smaller batches, which would cost the throughput that sets the rate.",
+                f"- **mixed events, p99 < 100 ms at half the rate** (measured {p99:.0f} ms at",
+                f"  {w.latency_rate:,.0f} events/s): checkouts, payments and cancellations",
+                "  published from the harness's own process (which shares a core) while the",
+                "  outbox backlog reached "
+                f"{w.outbox_max_backlog:,} rows in the throughput phase. The",
+                "  checkout answer alone, from a separate producer and reader, is the probe",
+                "  above.",
             ]
     return lines
 
@@ -210,7 +233,7 @@ def _targets(by_name: dict[str, ScenarioResult]) -> list[str]:
         )
         rows.append(
             _target_row(
-                "uniform: worker ≥ 0.5x ceiling",
+                f"uniform: worker ≥ {TARGET_CEILING}x ceiling",
                 uniform.worker.rate,
                 uniform.ceiling_rate,
                 TARGET_CEILING,
@@ -230,7 +253,7 @@ def _targets(by_name: dict[str, ScenarioResult]) -> list[str]:
         p99 = percentile(r.worker.latencies_ms, 99)
         over = p99 - TARGET_P99_MS
         rows.append(
-            f"| {r.scenario.name}: p99 < {TARGET_P99_MS:.0f} ms at half the rate | "
+            f"| {r.scenario.name}: mixed events, p99 < {TARGET_P99_MS:.0f} ms at half the rate | "
             f"{p99:.0f} ms | {_met(p99 < TARGET_P99_MS)} | "
             f"{f'{over:.0f} ms over' if over >= 0 else ''} |"
         )
@@ -240,12 +263,14 @@ def _targets(by_name: dict[str, ScenarioResult]) -> list[str]:
             f"{rss:.0f} MB | {_met(rss < TARGET_RSS_MB)} | "
             f"{f'{rss - TARGET_RSS_MB:.0f} MB over' if rss >= TARGET_RSS_MB else ''} |"
         )
-    flash = by_name.get("flash")
-    if flash is not None:
+    for flash_name in ("flash", "flash-two-workers"):
+        flash = by_name.get(flash_name)
+        if flash is None:
+            continue
         c = flash.worker.checks
         exact = c["oversold"] == 0 and c["balance_ok"] and c["reserved"] == 0
         rows.append(
-            f"| flash sale: no oversell, nothing stranded | sold {c['sold']:,} of "
+            f"| {flash_name}: exact (no oversell, nothing stranded) | sold {c['sold']:,} of "
             f"{c['units']:,}, {c['reserved']} reserved, "
             f"balance {'ok' if c['balance_ok'] else 'off'} | {_met(exact)} | |"
         )
@@ -349,7 +374,7 @@ def _rates(timeline: list[tuple[float, int]]) -> tuple[list[float], list[float]]
     return times, rates
 
 
-def write_figures(results: list[ScenarioResult], path: Path) -> None:
+def write_figures(results: list[ScenarioResult], path: Path, extras: Extras | None = None) -> None:
     """The run's figures as JSON, beside the report, for comparing runs."""
     import json
 
@@ -368,9 +393,13 @@ def write_figures(results: list[ScenarioResult], path: Path) -> None:
             "commits_per_event": round(r.worker.commits_per_event, 4),
             "outbox_max_backlog": r.worker.outbox_max_backlog,
             "checks": r.worker.checks,
+            "probes": [probe_figures(p) for p in r.probes],
         }
         for r in results
     }
+    if extras is not None:
+        figures["http_reserve"] = extras.http or {"missing": (extras.missing or {}).get("http")}
+        figures["spans"] = extras.spans or {"missing": (extras.missing or {}).get("spans")}
     path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
@@ -385,3 +414,253 @@ def summary(results: list[ScenarioResult]) -> str:
             f"median {statistics.median(lat) if lat else 0:.0f} ms"
         )
     return "\n".join(parts)
+
+
+# --- issue 14: the fixed-rate probe, the latency curve, HTTP, the span breakdown -----
+
+
+def _probe(by_name: dict[str, ScenarioResult], label: str) -> ProbeResult | None:
+    uniform = by_name.get("uniform")
+    for probe in uniform.probes if uniform else ():
+        if probe.label == label:
+            return probe
+    return None
+
+
+def _half_label() -> str:
+    return f"{0.5:.0%} of max"
+
+
+def _rate_label(rate: float) -> str:
+    return f"{rate:,.0f}/s"
+
+
+def _probe_targets(by_name: dict[str, ScenarioResult]) -> list[str]:
+    rows = []
+    for label, what in (
+        (_rate_label(TARGET_PROBE_RATE), f"{TARGET_PROBE_RATE:,.0f} checkouts/s"),
+        (_half_label(), "half the maximum rate"),
+    ):
+        probe = _probe(by_name, label)
+        title = f"probe: p99 < {TARGET_P99_MS:.0f} ms at {what}"
+        if probe is None or not probe.latencies_ms:
+            rows.append(f"| {title} | not measured | - | |")
+            continue
+        p99 = percentile(probe.latencies_ms, 99)
+        gap = f"{p99 - TARGET_P99_MS:.0f} ms over ({p99 / TARGET_P99_MS:.1f}x)"
+        rows.append(
+            f"| {title} | {p99:.0f} ms at {probe.sent_rate:,.0f}/s sent "
+            f"({probe.answered:,}/{probe.sent:,} answered) | {_met(p99 < TARGET_P99_MS)} "
+            f"| {gap if p99 >= TARGET_P99_MS else ''} |"
+        )
+    return rows
+
+
+def _http_targets(extras: Extras) -> list[str]:
+    title = (
+        f"HTTP: ≥ {TARGET_HTTP_RATE:,.0f} reserves/s at p99 < {TARGET_HTTP_P99_MS:.0f} ms"
+        " (16 kept-alive clients)"
+    )
+    if not extras.http:
+        why = (extras.missing or {}).get("http", "not measured")
+        return [f"| {title} | {why} | - | |"]
+    rows = []
+    for phase, label in (("alone", "alone"), ("with_kafka", "while Kafka checkouts flow")):
+        figures = extras.http.get(phase) or {}
+        rate, p99 = figures.get("rate", 0.0), figures.get("p99_ms", float("nan"))
+        ok = rate >= TARGET_HTTP_RATE and p99 < TARGET_HTTP_P99_MS
+        gaps = []
+        if rate < TARGET_HTTP_RATE:
+            gaps.append(f"needs {TARGET_HTTP_RATE / rate:.2f}x the rate" if rate else "no rate")
+        if not p99 < TARGET_HTTP_P99_MS:
+            gaps.append(f"p99 {p99 - TARGET_HTTP_P99_MS:.0f} ms over")
+        rows.append(
+            f"| {title}, {label} | {rate:,.0f}/s, p99 {p99:.0f} ms | {_met(ok)} "
+            f"| {'; '.join(gaps)} |"
+        )
+    return rows
+
+
+def _curve_section(by_name: dict[str, ScenarioResult], curve_plot: Path | None) -> list[str]:
+    uniform = by_name.get("uniform")
+    if uniform is None or not uniform.probes:
+        return []
+    lines = [
+        "",
+        "## The fixed-rate probe and the latency curve",
+        "",
+        f"Against the uniform scenario's worker (maximum rate in this run: "
+        f"{uniform.worker.rate:,.0f} events/s), warm. One-line checkouts at a fixed rate from",
+        "a producer process; each answer read by a separate reader process (10 ms fetch wait).",
+        "",
+        "| point | asked checkouts/s | sent/s | answered | p50 ms | p95 ms | p99 ms | max ms "
+        "| last third / first third (p50) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for probe in uniform.probes:
+        lat = probe.latencies_ms
+        lines.append(
+            f"| {probe.label} | {probe.rate:,.0f} | {probe.sent_rate:,.0f} "
+            f"| {probe.answered:,}/{probe.sent:,} | {percentile(lat, 50):.0f} "
+            f"| {percentile(lat, 95):.0f} | {percentile(lat, 99):.0f} "
+            f"| {max(lat) if lat else float('nan'):.0f} | {probe.growth():.2f} |"
+        )
+    lines += [
+        "",
+        "Before (issue 14, `stock run` with its defaults, the same probe): "
+        + "; ".join(f"{r:,}/s p50 {p50} / p99 {p99} ms" for r, p50, p99 in ISSUE_PROBE)
+        + ".",
+        "",
+        "The last column compares the median latency of the last third of the sends with",
+        "the first third's: near 1, the worker keeps up and the latency is the cost of a",
+        "batch; well above 1, a queue is building (the rate is beyond what the worker",
+        "sustains while sharing the cores with PostgreSQL, tansu and the two probe processes).",
+    ]
+    lines += _curve_why(uniform)
+    if curve_plot is not None:
+        lines += ["", f"![latency curve]({curve_plot.name})"]
+    return lines
+
+
+def _curve_why(uniform: ScenarioResult) -> list[str]:
+    """Why a probe point misses 100 ms, from what this run measured."""
+    lines = []
+    for probe in uniform.probes:
+        if not probe.latencies_ms:
+            continue
+        p99 = percentile(probe.latencies_ms, 99)
+        if p99 < TARGET_P99_MS:
+            continue
+        growth = probe.growth()
+        share = probe.sent_rate / uniform.worker.rate if uniform.worker.rate else 0.0
+        if growth >= 1.5:
+            cause = (
+                f"the latency grew {growth:.1f}x from the first third of the sends to the "
+                f"last: at {probe.sent_rate:,.0f} checkouts/s ({share:.0%} of the drain rate) "
+                "the worker falls behind and the answers queue"
+            )
+        else:
+            cause = (
+                f"the latency stayed level (x{growth:.2f} over the run): no queue built, so "
+                "the time is each checkout's own path (the wait for a batch to fill, the "
+                "batch's transaction and commit, the publish of the answer and the reader's "
+                "fetch), on two cores shared with PostgreSQL, tansu and the probe's two "
+                "processes; the span breakdown below splits it"
+            )
+        if probe.answered < probe.sent:
+            cause += f"; {probe.sent - probe.answered:,} checkouts had no answer within 5 s"
+        lines.append(f"- **{probe.label}**: p99 {p99:.0f} ms, {cause}.")
+    if lines:
+        lines = ["", "Where a point misses 100 ms at p99:", "", *lines]
+    return lines
+
+
+def _http_section(extras: Extras) -> list[str]:
+    lines = ["", "## HTTP reserves (`POST /api/inventory/reserve`)", ""]
+    if not extras.http:
+        why = (extras.missing or {}).get("http", "not measured")
+        return [*lines, f"Not in this run: {why}."]
+    h = extras.http
+    lines += [
+        f"`bench/http_reserve.py`: one `stock run` process (API and worker), "
+        f"{h.get('clients', '?')} kept-alive clients in a load process of their own, "
+        f"{h.get('seconds', '?')} s per phase; the second phase while "
+        f"{h.get('checkouts_per_second', 0):,.0f} checkouts/s (with their payments) flow "
+        "through Kafka into the same process.",
+        "",
+        "| phase | requests | reserves/s | p50 ms | p95 ms | p99 ms | max ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for phase in ("alone", "with_kafka"):
+        f = h.get(phase) or {}
+        lines.append(
+            f"| {phase.replace('_', ' ')} | {f.get('requests', 0):,} | {f.get('rate', 0):,.0f} "
+            f"| {f.get('p50_ms', float('nan')):.0f} | {f.get('p95_ms', float('nan')):.0f} "
+            f"| {f.get('p99_ms', float('nan')):.0f} | {f.get('max_ms', float('nan')):.0f} "
+            f"| {f.get('errors', 0)} |"
+        )
+    with_kafka = h.get("with_kafka") or {}
+    if "events_rate" in with_kafka:
+        lines += [
+            "",
+            f"Kafka events applied during the second phase: {with_kafka['events_rate']:,.0f}/s.",
+        ]
+    if h.get("checks"):
+        lines += ["", f"Checks after the run: {h['checks']}."]
+    return lines
+
+
+def _span_section(extras: Extras) -> list[str]:
+    lines = ["", "## Latency breakdown by span", ""]
+    if not extras.spans:
+        why = (extras.missing or {}).get("spans", "not measured")
+        # HOOK: bench/extras.py calls bench/span_breakdown.py (H5) when it is there.
+        return [*lines, f"Not in this run: {why}."]
+    lines += [
+        "From the worker's OpenTelemetry spans (`bench/span_breakdown.py`), per span:",
+        "",
+        "| span | p50 ms | p99 ms |",
+        "| --- | ---: | ---: |",
+    ]
+    spans = extras.spans.get("spans", extras.spans)
+    for name, figures in spans.items():
+        if isinstance(figures, dict) and "p50_ms" in figures:
+            lines.append(
+                f"| {name} | {figures['p50_ms']:.1f} | {figures.get('p99_ms', float('nan')):.1f} |"
+            )
+    return lines
+
+
+def write_curve_plot(results: list[ScenarioResult], path: Path) -> bool:
+    """p50/p95/p99 of the probe against the rate sent, with the 100 ms target and
+    issue 14's figures before. False without matplotlib or without a probe."""
+    uniform = next((r for r in results if r.scenario.name == "uniform"), None)
+    if uniform is None or not uniform.probes:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    probes = sorted((p for p in uniform.probes if p.latencies_ms), key=lambda p: p.sent_rate)
+    figure, axis = plt.subplots(figsize=(8, 4.8))
+    rates = [p.sent_rate for p in probes]
+    for pct, style in ((50, "o-"), (95, "s-"), (99, "^-")):
+        axis.plot(rates, [percentile(p.latencies_ms, pct) for p in probes], style, label=f"p{pct}")
+    axis.plot(
+        [r for r, _, _ in ISSUE_PROBE],
+        [p99 for _, _, p99 in ISSUE_PROBE],
+        "x--",
+        color="grey",
+        label="p99 before (issue 14)",
+    )
+    axis.axhline(TARGET_P99_MS, color="red", linestyle=":", label="target p99 100 ms")
+    for share in CURVE_SHARES:
+        axis.axvline(share * uniform.worker.rate, color="lightgrey", linewidth=0.8)
+    axis.set(
+        title=f"Answer latency by rate (max {uniform.worker.rate:,.0f} events/s in this run)",
+        xlabel="checkouts/s sent (fixed rate, one line each)",
+        ylabel="ms, send → stock.reservation read",
+        yscale="log",
+    )
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def probe_figures(probe: ProbeResult) -> dict[str, object]:
+    return {
+        "label": probe.label,
+        "rate": round(probe.rate, 1),
+        "sent_rate": round(probe.sent_rate, 1),
+        "sent": probe.sent,
+        "answered": probe.answered,
+        "latency_ms": {f"p{p}": round(percentile(probe.latencies_ms, p), 1) for p in (50, 95, 99)},
+        "growth": round(probe.growth(), 2),
+    }

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.ceiling import record_batches, replay
 from bench.naive import measure_naive
+from bench.probe import ProbeResult, fixed_rate_probe
 from bench.stack import (
     Stack,
     bench_settings,
@@ -20,6 +22,7 @@ from bench.stack import (
 from bench.worker_run import WorkerRun, measure_worker
 from bench.workload import SCENARIOS, Scenario, build_events
 from service.adapters.kafka import ensure_topics
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,15 @@ class ScenarioResult:
     worker: WorkerRun
     naive_rate: float | None = None
     ceiling_rate: float | None = None
+    #: The fixed-rate probe against this scenario's warm worker: the latency curve
+    #: (shares of the maximum rate) and the fixed rates (2,000 checkouts/s).
+    probes: list[ProbeResult] = field(default_factory=list)
+
+
+#: Shares of the maximum rate the latency curve is measured at.
+CURVE_SHARES = (0.10, 0.25, 0.50, 0.75)
+#: Fixed rates the probe is also run at (checkouts/s): issue 14's target.
+PROBE_RATES = (2_000.0,)
 
 
 async def run_benchmarks(
@@ -40,18 +52,32 @@ async def run_benchmarks(
     naive_seconds: float = 15.0,
     latency_rate: float | None = None,
     relay_apart: bool = False,
+    probe_seconds: float = 15.0,
+    curve: bool = True,
 ) -> list[ScenarioResult]:
     """`latency_rate`: events/s of the latency phase (default: half the measured rate).
-    `relay_apart`: workers run `--no-relay` beside one `stock relay` process."""
+    `relay_apart`: workers run `--no-relay` beside one `stock relay` process.
+    `curve`: after the uniform scenario's throughput, the fixed-rate probe at each of
+    CURVE_SHARES of its rate and at PROBE_RATES, `probe_seconds` each."""
     results = []
     for name in names:
         scenario = SCENARIOS[name] if scale == 1.0 else SCENARIOS[name].scaled(scale)
         run = uuid.uuid4().hex[:6]
         log.info("bench %s: %d orders, %d worker(s)", name, scenario.orders, scenario.workers)
+        probes: list[ProbeResult] = []
         measured = await measure_worker(
-            stack, scenario, run, latency_rate=latency_rate, relay_apart=relay_apart
+            stack,
+            scenario,
+            run,
+            latency_rate=latency_rate,
+            relay_apart=relay_apart,
+            while_warm=(
+                _curve(stack, scenario, run, probes, probe_seconds)
+                if curve and name == "uniform"
+                else None
+            ),
         )
-        result = ScenarioResult(scenario, measured)
+        result = ScenarioResult(scenario, measured, probes=probes)
         if scenario.workers == 1:
             result.ceiling_rate = await _ceiling(stack, scenario, run)
             result.naive_rate = await _naive(stack, scenario, run, naive_seconds)
@@ -64,6 +90,44 @@ async def run_benchmarks(
         )
         results.append(result)
     return results
+
+
+def _curve(
+    stack: Stack, scenario: Scenario, run: str, into: list[ProbeResult], seconds: float
+) -> Callable[[Settings, WorkerRun], Awaitable[None]]:
+    async def measure(settings: Settings, worker: WorkerRun) -> None:
+        points = [(share * worker.rate, f"{share:.0%} of max") for share in CURVE_SHARES]
+        points += [(rate, f"{rate:,.0f}/s") for rate in PROBE_RATES]
+        for n, (rate, label) in enumerate(points):
+            log.info("probe %s: %.0f checkouts/s for %.0f s", label, rate, seconds)
+            probe = await fixed_rate_probe(
+                stack.bootstrap,
+                settings.topic_order_checkout,
+                settings.topic_stock_reservation,
+                rate=rate,
+                seconds=seconds,
+                variants=scenario.variants,
+                run=f"{run}{n}",
+                label=label,
+            )
+            log.info(
+                "probe %s: sent %.0f/s, %d/%d answered, p50 %.0f p99 %.0f ms",
+                label,
+                probe.sent_rate,
+                probe.answered,
+                probe.sent,
+                _pct(probe.latencies_ms, 50),
+                _pct(probe.latencies_ms, 99),
+            )
+            into.append(probe)
+
+    return measure
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(round(p / 100 * (len(values) - 1)), len(values) - 1)]
 
 
 async def _ceiling(stack: Stack, scenario: Scenario, run: str) -> float:

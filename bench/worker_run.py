@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +75,10 @@ async def measure_worker(
     latency_share: float = 0.25,
     latency_rate: float | None = None,
     relay_apart: bool = False,
+    while_warm: Callable[[Settings, WorkerRun], Awaitable[None]] | None = None,
 ) -> WorkerRun:
+    """`while_warm`: more measurements against the same warm workers (the probe's
+    latency curve), after the throughput, latency and stock checks."""
     url = await fresh_database(stack, scenario.name)
     await load_catalogue(url, scenario)
     settings = bench_settings(url, stack, run)
@@ -96,6 +100,8 @@ async def measure_worker(
         result.latencies_ms = await _latencies(stack, settings, latency_events, result.latency_rate)
         result.cpu_seconds, result.peak_rss_mb = _usage(processes)
         result.checks = await _stock_checks(conn, scenario)
+        if while_warm is not None:
+            await while_warm(settings, result)
     finally:
         await conn.close()
         _stop(processes)
@@ -103,9 +109,7 @@ async def measure_worker(
     return result
 
 
-def _start_worker(
-    settings: Settings, index: int, relay_apart: bool
-) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Settings, index: int, relay_apart: bool) -> subprocess.Popen[bytes]:
     command = ["run", "--no-api", *(["--no-relay"] if relay_apart else [])]
     return _start(settings, command, str(index))
 

@@ -72,6 +72,14 @@ SCENARIOS = {
             5,
         ),
         Scenario(
+            "flash-two-workers",
+            "Flash sale, two worker processes: 1 variant, 50,000 checkouts for 500 units",
+            1,
+            500,
+            50_000,
+            workers=2,
+        ),
+        Scenario(
             "two-workers",
             "Uniform, two worker processes in one group",
             10_000,
