@@ -49,6 +49,23 @@ async def test_a_kafka_checkout_taking_a_variant_below_its_threshold_shows_live(
     # The row links to the variant's page.
     link = row.locator("a")
     assert await link.get_attribute("href") == "/dashboard/variants/tee-s"
+
+    # A write-off of all 10 mugs through the API: out of stock, and an anomaly
+    # (large_adjustment: at least STOCK_ANOMALY_MIN_UNITS), both shown live.
+    async with httpx.AsyncClient(base_url=running.base, timeout=30) as http:
+        answer = await http.put(
+            "/api/inventory/adjust",
+            json={"updates": [{"variantId": "mug", "quantity": 0, "reason": "breakage"}]},
+            headers={"Authorization": f"Bearer {WRITER}"},
+        )
+        assert answer.status_code == 200, answer.text
+    anomaly = page.locator("#anomalies tbody tr", has_text="large_adjustment")
+    await anomaly.wait_for()
+    assert "mug" in (await anomaly.text_content() or "")
+    mug = page.locator("tr[data-variant-id='mug']")
+    await mug.wait_for()
+    assert "out of stock" in (await mug.text_content() or "")
+    assert await page.evaluate("window.notReloaded") is True
     await screenshot(page, "overview")
 
 

@@ -147,17 +147,19 @@
     badge.textContent = "live: " + text;
   }
 
-  /** Refresh the lists at most every 300 ms, however fast the changes come. */
+  /** Read the lists again at most once a second, however fast the events come. */
   function refreshSoon(selectors) {
     if (refreshTimer) return;
     refreshTimer = window.setTimeout(function () {
       refreshTimer = null;
       selectors.forEach(function (selector) { refresh(selector); });
-    }, 300);
+    }, 1000);
   }
 
   function liveQuery() {
-    if (page === "overview") return "events=changes,anomaly";
+    // The alerts say when a variant joins the overview's list (it fell to its threshold
+    // or reorder point) or its anomalies; its own changes say when it may leave.
+    if (page === "overview") return "events=changes,low,reorder,replenished,anomaly";
     if (page === "variant") return "variantId=" + encodeURIComponent(main.dataset.variantId);
     return null;
   }
@@ -188,7 +190,7 @@
         refreshSoon(refreshTargets());
       } else if (event.type === "stock.changed") {
         onChange(event.data);
-      } else if (event.type === "stock.anomaly") {
+      } else if (event.type !== "heartbeat") { // stock.low, .reorder, .replenished, .anomaly
         refreshSoon(["#overview"]);
       }
     });
@@ -212,8 +214,10 @@
 
   function onChange(data) {
     // The figures at once, in place...
+    let shown = false;
     document.querySelectorAll("[data-variant-id]").forEach(function (element) {
       if (element.dataset.variantId !== data.variant_id) return;
+      shown = true;
       if (element.dataset.version && Number(element.dataset.version) >= data.version) return;
       element.dataset.version = String(data.version);
       ["on_hand", "reserved", "available", "version"].forEach(function (field) {
@@ -226,9 +230,14 @@
         pristineForms(data.version);
       }
     });
-    // ...then the lists (a variant may join or leave them), and the chart.
-    refreshSoon(page === "variant" ? ["#audit"] : ["#overview"]);
-    if (page === "variant") chartSoon();
+    // ...then the lists: the audit trail and chart of this variant, or the overview's
+    // list, which a variant shown there may leave (one not shown joins with an alert).
+    if (page === "variant") {
+      refreshSoon(["#audit"]);
+      chartSoon();
+    } else if (shown) {
+      refreshSoon(["#overview"]);
+    }
   }
 
   // ------------------------------------------------------------------ variant page
