@@ -79,6 +79,7 @@ def _bench(args: argparse.Namespace) -> int:
         write_figures,
         write_plot,
         write_report,
+        write_scaling_figures,
     )
     from bench.run import run_benchmarks
     from bench.stack import running_stack
@@ -131,6 +132,8 @@ def _bench(args: argparse.Namespace) -> int:
         curve_plot=curve_plot if drew_curve else None,
     )
     write_figures(results, args.out.with_suffix(".json"), extras)
+    if write_scaling_figures(results, extras, args.out.with_name("scaling.md"), command):
+        print(f"updated the figures of {args.out.with_name('scaling.md')}")
     print(summary(results))
     print(f"wrote {args.out}" + (f" and {plot}" if drew else " (no plot: pip install matplotlib)"))
     return 0

@@ -13,7 +13,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from bench.stack import Stack
+from bench.lock_hold import LockHold, measure_lock_hold
+from bench.stack import Stack, drop_database, fresh_database
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +25,28 @@ class Extras:
     http: dict[str, Any] | None = None
     #: Per span {name: {"p50_ms", "p99_ms", ...}}, or None when not measured.
     spans: dict[str, Any] | None = None
+    #: The hot variant's row lock per batch size (bench/lock_hold.py).
+    lock_hold: list[LockHold] | None = None
     #: Why a part is missing: {"http": "...", "spans": "..."}.
     missing: dict[str, str] | None = None
 
 
 async def measure_extras(
-    stack: Stack, *, http: bool = True, http_seconds: float = 10.0, spans: bool = True
+    stack: Stack,
+    *,
+    http: bool = True,
+    http_seconds: float = 10.0,
+    spans: bool = True,
+    lock_hold: bool = True,
 ) -> Extras:
     extras = Extras(missing={})
     assert extras.missing is not None
+    if lock_hold:
+        try:
+            extras.lock_hold = await measure_lock_hold(stack)
+        except Exception as error:
+            log.error("lock hold measurement failed:\n%s", traceback.format_exc())
+            extras.missing["lock_hold"] = f"failed: {error!r}"
     if http:
         try:
             from bench.http_reserve import measure_http_reserve
@@ -58,19 +72,19 @@ class _NotThere(Exception):
     pass
 
 
-#: HOOK for H5's bench/span_breakdown.py: the first of these functions found is called
-#: as `await fn(stack)` and must return {span name: {"p50_ms": float, "p99_ms": float}}.
-_SPAN_FUNCTIONS = ("measure_span_breakdown", "span_breakdown", "measure_spans")
-
-
 async def _span_breakdown(stack: Stack) -> dict[str, Any]:
+    """H5's bench/span_breakdown.py `span_breakdown(database_url, bootstrap=...)`: traced
+    two-line checkouts through the broker to a real worker, per span p50/p99/mean ms."""
     try:
         module = importlib.import_module("bench.span_breakdown")
-    except ImportError as error:
-        raise _NotThere(f"not measured: bench/span_breakdown.py is not there ({error})") from None
-    for name in _SPAN_FUNCTIONS:
-        function = getattr(module, name, None)
-        if function is not None:
-            figures: dict[str, Any] = await function(stack)
-            return figures
-    raise _NotThere(f"not measured: bench/span_breakdown.py has none of {_SPAN_FUNCTIONS}")
+    except ImportError as error:  # needs the OpenTelemetry SDK (the `bench` extra)
+        raise _NotThere(f"not measured: bench.span_breakdown cannot load ({error})") from None
+    breakdown = getattr(module, "span_breakdown", None)
+    if breakdown is None:
+        raise _NotThere("not measured: bench/span_breakdown.py has no span_breakdown()")
+    url = await fresh_database(stack, "spans")
+    try:
+        figures: dict[str, Any] = await breakdown(url, bootstrap=stack.bootstrap)
+        return figures
+    finally:
+        await drop_database(stack, url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def write_report(
     lines += _curve_section(by_name, curve_plot)
     lines += _http_section(extras)
     lines += _span_section(extras)
+    lines += _lock_section(extras)
     for flash_name in ("flash", "flash-two-workers"):
         flash = by_name.get(flash_name)
         if flash is None:
@@ -398,6 +400,7 @@ def write_figures(results: list[ScenarioResult], path: Path, extras: Extras | No
         for r in results
     }
     if extras is not None:
+        figures["lock_hold"] = [asdict(r) for r in extras.lock_hold or ()]
         figures["http_reserve"] = extras.http or {"missing": (extras.missing or {}).get("http")}
         figures["spans"] = extras.spans or {"missing": (extras.missing or {}).get("spans")}
     path.write_text(json.dumps(figures, indent=2) + "\n")
@@ -597,16 +600,20 @@ def _span_section(extras: Extras) -> list[str]:
         # HOOK: bench/extras.py calls bench/span_breakdown.py (H5) when it is there.
         return [*lines, f"Not in this run: {why}."]
     lines += [
-        "From the worker's OpenTelemetry spans (`bench/span_breakdown.py`), per span:",
+        "From the worker's OpenTelemetry spans (`bench/span_breakdown.py`, `span_breakdown()`:",
+        "traced two-line checkouts through the broker to a real worker, tracing on),",
+        "per span name:",
         "",
-        "| span | p50 ms | p99 ms |",
-        "| --- | ---: | ---: |",
+        "| span | count | p50 ms | p99 ms | mean ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     spans = extras.spans.get("spans", extras.spans)
     for name, figures in spans.items():
         if isinstance(figures, dict) and "p50_ms" in figures:
             lines.append(
-                f"| {name} | {figures['p50_ms']:.1f} | {figures.get('p99_ms', float('nan')):.1f} |"
+                f"| {name} | {figures.get('count', 0):,.0f} | {figures['p50_ms']:.1f} "
+                f"| {figures.get('p99_ms', float('nan')):.1f} "
+                f"| {figures.get('mean_ms', float('nan')):.1f} |"
             )
     return lines
 
@@ -664,3 +671,99 @@ def probe_figures(probe: ProbeResult) -> dict[str, object]:
         "latency_ms": {f"p{p}": round(percentile(probe.latencies_ms, p), 1) for p in (50, 95, 99)},
         "growth": round(probe.growth(), 2),
     }
+
+
+def _lock_section(extras: Extras) -> list[str]:
+    lines = ["", "## A hot variant: how long a batch holds its row", ""]
+    if not extras.lock_hold:
+        why = (extras.missing or {}).get("lock_hold", "not measured")
+        return [*lines, f"Not in this run: {why}."]
+    lines += [
+        "`bench/lock_hold.py`: the flash sale's events (one variant) through the worker's",
+        "batch path in-process, per batch from the variants' `SELECT ... FOR UPDATE`",
+        "returning to the commit done. Every other batch on that variant waits this long,",
+        "whichever worker holds it, so one hot variant takes at most batch size / hold.",
+        "",
+        *_lock_table(extras),
+    ]
+    return lines
+
+
+def _lock_table(extras: Extras) -> list[str]:
+    rows = [
+        "| batch size | batches | row lock held p50 ms | p99 ms | whole batch p50 ms "
+        "| one hot variant at most (events/s) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in extras.lock_hold or ():
+        rows.append(
+            f"| {r.batch_size} | {r.batches} | {r.hold_p50_ms:.1f} | {r.hold_p99_ms:.1f} "
+            f"| {r.batch_p50_ms:.1f} | {r.hot_variant_ceiling:,.0f} |"
+        )
+    return rows
+
+
+SCALING_BEGIN = "<!-- figures: written by make bench (bench/report.py); do not edit by hand -->"
+SCALING_END = "<!-- figures: end -->"
+
+
+def write_scaling_figures(
+    results: list[ScenarioResult], extras: Extras, path: Path, command: str
+) -> bool:
+    """The figures block of docs/scaling.md, from this run. False if the document or
+    its markers are missing (the prose around the block is written by hand)."""
+    if not path.exists():
+        return False
+    text = path.read_text()
+    if SCALING_BEGIN not in text or SCALING_END not in text:
+        return False
+    by_name = {r.scenario.name: r for r in results}
+    lines = [
+        SCALING_BEGIN,
+        "",
+        f"From `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {_cpu_model()}, "
+        f"{os.cpu_count()} cores shared by PostgreSQL, tansu and the workers "
+        "(see [benchmarks.md](benchmarks.md) for the whole run).",
+        "",
+        "| figure | value |",
+        "| --- | ---: |",
+    ]
+    uniform, two = by_name.get("uniform"), by_name.get("two-workers")
+    flash, flash_two = by_name.get("flash"), by_name.get("flash-two-workers")
+    if uniform is not None:
+        w = uniform.worker
+        lines += [
+            f"| one worker, uniform one-line orders (events/s) | {w.rate:,.0f} |",
+            f"| its CPU over the run, throughput and latency phases (s) | {w.cpu_seconds:.1f} |",
+            f"| the same SQL replayed without Python (ceiling, events/s) | "
+            f"{_num(uniform.ceiling_rate)} |",
+            f"| naive consumer (events/s) | {_num(uniform.naive_rate)} |",
+        ]
+    if two is not None:
+        lines.append(f"| two workers, one group, uniform (events/s) | {two.worker.rate:,.0f} |")
+        if uniform is not None and uniform.worker.rate:
+            lines.append(
+                f"| two workers / one worker | {two.worker.rate / uniform.worker.rate:.2f}x |"
+            )
+    if flash is not None:
+        lines.append(
+            f"| flash sale, one worker, one variant (events/s) | {flash.worker.rate:,.0f} |"
+        )
+    if flash_two is not None:
+        lines.append(
+            f"| flash sale, two workers, one variant (events/s) | {flash_two.worker.rate:,.0f} |"
+        )
+    half = _probe(by_name, _half_label())
+    if half is not None and half.latencies_ms:
+        lines.append(
+            f"| answer p99 at half the maximum rate, {half.sent_rate:,.0f} checkouts/s (ms) "
+            f"| {percentile(half.latencies_ms, 99):.0f} |"
+        )
+    if extras.lock_hold:
+        lines += ["", "The hot variant's row lock, per batch (`python -m bench.lock_hold`):", ""]
+        lines += _lock_table(extras)
+    lines += ["", SCALING_END]
+    before, rest = text.split(SCALING_BEGIN, 1)
+    after = rest.split(SCALING_END, 1)[1]
+    path.write_text(before + "\n".join(lines) + after)
+    return True
