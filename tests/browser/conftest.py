@@ -141,6 +141,13 @@ async def paste_token(page: Page, token: str) -> None:
     await page.wait_for_function(
         "() => document.getElementById('who').textContent.startsWith('token ')"
     )
+    await settled(page)
+
+
+async def settled(page: Page) -> None:
+    """Every fragment the page asked for has arrived and been swapped in (the page reads
+    them all again when a token is pasted: acting before would race the new copy)."""
+    await page.wait_for_function("() => (document.body.dataset.pending || '0') === '0'")
 
 
 async def screenshot(page: Page, name: str) -> Path:

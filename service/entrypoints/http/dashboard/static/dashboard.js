@@ -52,6 +52,18 @@
     if (xhr.status === 401) notice(message + " Paste a token above.");
   });
 
+  // How many fragments are on their way (body[data-pending]): the browser tests wait
+  // for 0 before they act on a page that is being read again.
+  let pending = 0;
+  function inFlight(delta) {
+    pending = Math.max(0, pending + delta);
+    document.body.dataset.pending = String(pending);
+  }
+  document.body.addEventListener("htmx:beforeRequest", function () { inFlight(1); });
+  ["htmx:afterOnLoad", "htmx:sendError", "htmx:timeout", "htmx:sendAbort"].forEach(function (name) {
+    document.body.addEventListener(name, function () { inFlight(-1); });
+  });
+
   document.body.addEventListener("htmx:afterSwap", function (event) {
     afterFragment(event.detail.target);
   });
