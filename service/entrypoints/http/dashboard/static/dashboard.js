@@ -77,7 +77,8 @@
     } catch (_) {
       message = "";
     }
-    return "Refused (" + status + (code ? " " + code : "") + ")" + (message ? ": " + message : ".");
+    const what = status === 401 || status === 403 || status === 409 ? "Refused" : "Failed";
+    return what + " (" + status + (code ? " " + code : "") + ")" + (message ? ": " + message : ".");
   }
 
   async function whoAmI() {
