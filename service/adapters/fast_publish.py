@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -191,6 +192,10 @@ class FastPublisher:
         self._task: asyncio.Task[None] | None = None
         self._settling: asyncio.Task[None] | None = None
         self._max_bytes: int = getattr(producer, "_max_request_size", 1_048_576)
+        # Kafka's default partitioner, as the relay computes it: one order's answers go
+        # to one partition whichever of the two sends them.
+        self._partitioner = DefaultPartitioner()
+        self._partition_lists: dict[str, list[int]] = {}
         self.accepting = False
         #: Rows Kafka acknowledged, and rows left to the relay, since the start.
         self.sent_total = 0
@@ -256,7 +261,7 @@ class FastPublisher:
         for row, _ in rows:
             message = row.message
             partitions = await self._partitions(message.topic)
-            partition = int(self.producer._partitioner(message.key, partitions, partitions))
+            partition = int(self._partitioner(message.key, partitions, partitions))
             by_partition.setdefault((message.topic, partition), []).append(row)
         results = await asyncio.gather(
             *(
@@ -277,10 +282,11 @@ class FastPublisher:
         return sent, failed
 
     async def _partitions(self, topic: str) -> list[int]:
-        found = self.producer._metadata.partitions_for_topic(topic)
-        if not found:
+        partitions = self._partition_lists.get(topic)
+        if partitions is None:
             found = await self.producer.partitions_for(topic)
-        return sorted(found)
+            partitions = self._partition_lists[topic] = sorted(found)
+        return partitions
 
     async def _send_partition(
         self, topic: str, partition: int, rows: list[FastRow]

@@ -119,6 +119,8 @@ class Slot:
     answered: bool = False
     #: Records this incarnation recognised as already handled, as last scraped.
     duplicates: float = 0.0
+    #: The crash point this incarnation is armed with (`service/failpoints.py`).
+    armed_with: str | None = None
 
 
 @dataclass
@@ -166,8 +168,13 @@ class WorkerPool:
         env["STOCK_HTTP_PORT"] = str(slot.port)
         if self.static_membership:
             env["STOCK_KAFKA_GROUP_INSTANCE_ID"] = f"worker-{slot.index}"
-        if (armed or slot.process is None) and self.arming.get(slot.index):
-            env["STOCK_FAILPOINTS"] = self.arming[slot.index].pop(0)
+        if armed or slot.process is None:
+            points = self.arming.get(slot.index)
+            slot.armed_with = points.pop(0) if points else None
+        # Else the last incarnation was killed or stopped (a rewind restarts every
+        # worker) before it reached its point: the next one carries it instead.
+        if slot.armed_with is not None:
+            env["STOCK_FAILPOINTS"] = slot.armed_with
         env["STOCK_LOG_LEVEL"] = "INFO"
         log = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115
         log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
@@ -232,7 +239,9 @@ class WorkerPool:
             await asyncio.sleep(0.1)
 
     def armed_crashes_left(self) -> int:
-        return sum(len(points) for points in self.arming.values())
+        """Points not reached yet: those still to arm and those armed now."""
+        waiting = sum(len(points) for points in self.arming.values())
+        return waiting + sum(slot.armed_with is not None for slot in self.slots)
 
     async def probe_health(self) -> None:
         """Each worker, once started, keeps answering /healthz whatever else is down
