@@ -124,12 +124,18 @@ class Settings(BaseSettings):
     reorder_review_days: float = Field(default=7.0, gt=0, le=365)
 
     batch_max_records: int = Field(default=500, ge=1)
-    #: How long a batch waits to fill before it is handled anyway.
+    #: How long the consume loop waits for records when none are buffered before it
+    #: looks again. Not a linger: a batch is whatever is buffered (up to
+    #: batch_max_records) the moment the previous one is done, and a record that comes
+    #: while the loop waits is taken at once (docs/design.md, "Consume loop").
     batch_linger_ms: int = Field(default=20, ge=0)
     #: The longest a fetch waits on the broker for data. Apache Kafka answers as soon as
     #: there is any; a broker that holds every fetch this long (tansu does) adds it to
     #: each event's latency, so it is short.
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=1)
+    #: The event loop `stock run`, `stock api` and `stock relay` run on: uvloop (when
+    #: installed, as it is with the package) or the standard library's asyncio.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     #: How long the group waits for a silent worker before giving its partitions to
     #: the others (a crash or a pause is noticed after this long).
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)

@@ -262,26 +262,27 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from service.entrypoints.process import StockProcess
+    from service.entrypoints.process import StockProcess, run
 
     process = StockProcess(
         settings, api=not args.no_api, sweep=not args.no_sweeper, relay=not args.no_relay
     )
-    asyncio.run(process.run_until_signalled())
+    run(process.run_until_signalled(), settings)
     return 0
 
 
 def _relay(args: argparse.Namespace, settings: Settings) -> int:
+    from service.entrypoints.process import run
     from service.entrypoints.relay import RelayProcess
 
-    asyncio.run(RelayProcess(settings).run_until_signalled())
+    run(RelayProcess(settings).run_until_signalled(), settings)
     return 0
 
 
 def _api(args: argparse.Namespace, settings: Settings) -> int:
-    from service.entrypoints.process import StockProcess
+    from service.entrypoints.process import StockProcess, run
 
-    asyncio.run(StockProcess(settings, worker=False).run_until_signalled())
+    run(StockProcess(settings, worker=False).run_until_signalled(), settings)
     return 0
 
 
