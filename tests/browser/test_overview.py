@@ -68,6 +68,15 @@ async def test_a_kafka_checkout_taking_a_variant_below_its_threshold_shows_live(
     assert await page.evaluate("window.notReloaded") is True
     await screenshot(page, "overview")
 
+    # The row's link, with the read token kept: the page reads, its forms say they need
+    # a write token and cannot be sent.
+    await page.click("tr[data-variant-id='tee-s'] a")
+    await page.wait_for_selector("#policy-form .needs")
+    for form in ("#restock-form", "#adjust-form", "#policy-form"):
+        assert await page.is_disabled(f"{form} button[type=submit]"), form
+        note = await page.text_content(f"{form} .needs") or ""
+        assert note == "Needs a write token (this one is read).", form
+
 
 async def test_reads_without_a_token_are_refused_when_reads_require_one(
     start: Start, open_page: Open

@@ -93,7 +93,31 @@
     notice("");
     setWho(who.tokenName ? "token " + who.tokenName + " (" + who.scope + ")" : "no token: reading only");
     document.body.dataset.scope = who.scope || "none";
+    applyScope(document);
     return true;
+  }
+
+  const RANK = { none: 0, read: 1, write: 2, admin: 3 };
+
+  /** A form the token may not send is disabled and says why (the API decides anyway). */
+  function applyScope(root) {
+    const scope = document.body.dataset.scope || "none";
+    root.querySelectorAll("[data-needs]").forEach(function (form) {
+      const needs = form.dataset.needs;
+      const allowed = RANK[scope] >= RANK[needs];
+      form.querySelectorAll("button").forEach(function (button) {
+        if (button.dataset.keep !== "true") button.disabled = !allowed || button.dataset.closed === "true";
+      });
+      let note = form.querySelector(".needs");
+      if (!note) {
+        note = document.createElement("p");
+        note.className = "needs hint";
+        form.appendChild(note);
+      }
+      note.textContent = allowed ? "" : "Needs a " + needs + " token" +
+        (scope === "none" ? "." : " (this one is " + scope + ").");
+      note.hidden = allowed;
+    });
   }
 
   document.getElementById("token-form").addEventListener("submit", function (event) {
@@ -162,7 +186,7 @@
 
   /** Read the lists again at most once a second, however fast the events come. */
   function refreshSoon(selectors) {
-    if (refreshTimer) return;
+    if (refreshTimer || selectors.length === 0) return;
     refreshTimer = window.setTimeout(function () {
       refreshTimer = null;
       selectors.forEach(function (selector) { refresh(selector); });
@@ -219,9 +243,15 @@
     });
   }
 
+  /** The audit trail follows live changes only while it shows the newest page: one
+   *  reading older pages is not sent back to the first. */
+  function auditTargets() {
+    return document.querySelector("#audit [data-first-page='false']") ? [] : ["#audit"];
+  }
+
   function refreshTargets() {
     if (page === "overview") return ["#overview"];
-    if (page === "variant") return ["#levels", "#audit"];
+    if (page === "variant") return ["#levels"].concat(auditTargets());
     return [];
   }
 
@@ -246,7 +276,7 @@
     // ...then the lists: the audit trail and chart of this variant, or the overview's
     // list, which a variant shown there may leave (one not shown joins with an alert).
     if (page === "variant") {
-      refreshSoon(["#audit"]);
+      refreshSoon(auditTargets());
       chartSoon();
     } else if (shown) {
       refreshSoon(["#overview"]);
@@ -327,6 +357,7 @@
 
   function afterFragment(target) {
     if (!target) return;
+    applyScope(target);
     if (target.id === "levels") {
       const level = levelElement();
       if (level) pristineForms(Number(level.dataset.version));
