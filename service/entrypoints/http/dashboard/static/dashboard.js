@@ -86,6 +86,8 @@
     if (!answer.ok) {
       const text = errorText(answer.status, await answer.text());
       setWho("no valid token");
+      document.body.dataset.scope = "none";
+      applyScope(document);
       notice(text + (answer.status === 401 ? " Paste a token above." : ""));
       return false;
     }
