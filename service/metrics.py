@@ -69,6 +69,12 @@ HTTP_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+GROUP_COMMIT_SIZE = Histogram(
+    "stock_group_commit_size",
+    "Requests per shared transaction of reserve, confirm-sale and release (group commit).",
+    ["operation"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 STREAM_CLIENTS = Gauge("stock_stream_clients", "Open /api/inventory/stream connections.")
 STREAM_DROPPED = Counter(
     "stock_stream_clients_dropped",

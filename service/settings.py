@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     http_max_body_bytes: int = Field(default=1_048_576, ge=1024)
     #: How long an HTTP request waits out a database outage before answering 503.
     http_database_timeout_seconds: float = Field(default=5.0, gt=0)
+    #: Group commit (service/application/group_commit.py): reserve, confirm-sale and
+    #: release requests that arrive while earlier ones are in the database share one
+    #: transaction, at most this many (1: each alone), each with its own answer.
+    group_commit_max_requests: int = Field(default=64, ge=1)
+    #: Groups in the database at once per operation; later requests queue behind them
+    #: (1 measured best: a second slot is taken by a group of one, docs/design.md).
+    group_commit_groups: int = Field(default=1, ge=1)
     #: Database-backed figures of /metrics are read at most this often.
     metrics_refresh_seconds: float = Field(default=5.0, ge=0)
     #: Changes buffered per /api/inventory/stream client; one that falls further behind

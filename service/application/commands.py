@@ -1,23 +1,32 @@
-"""Synchronous stock requests (HTTP and CLI), each in one PostgreSQL transaction.
+"""Synchronous stock requests (HTTP and CLI), each all or nothing in a PostgreSQL transaction.
 
 The same path as a consumed batch: lock orders then variants in key order, let the
 ledger decide (here through the all-or-nothing rules of `domain.requests`), write
 the stock, the audit rows and the outbox rows together. A refused request raises a
 `DomainError` inside the transaction, so nothing of it is written.
+
+Reserve, confirm-sale and release requests that arrive together share a transaction
+(`group_commit`): each decides alone on copies first, so a refused one still leaves
+nothing and the others in its group are answered as if it had never come.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from stock_schemas.events import ChangeType
 
+from service import metrics
+from service.adapters.database import TransientDatabaseError
 from service.adapters.tables import audit_log, variants
 from service.application.anomaly_checks import check_adjustments
+from service.application.group_commit import GroupCommit, Outcome, decide_alone
 from service.application.unit_of_work import StockTransaction, UnitOfWork
 from service.domain import requests
 from service.domain.errors import IdempotencyKeyReused
@@ -26,6 +35,8 @@ from service.domain.model import EventRef, Order, StockChange
 from service.settings import Settings
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: `source` of the audit causes (and idempotency claims) of requests made over HTTP;
 #: every entrypoint names its own (the CLI `stock-cli`, the dev catalogue
@@ -41,6 +52,32 @@ _ENSURE_VARIANTS = text(
     ON CONFLICT DO NOTHING
     """
 )
+
+# The lock creates a PENDING row for every reservation id of a group; one whose request
+# was refused would stay behind (alone, its transaction would have rolled back). Only a
+# row that still says nothing: a PENDING order remembering a payment or a cancellation
+# that came first is kept.
+_FORGET_UNUSED_ORDERS = text(
+    """
+    DELETE FROM orders
+    WHERE order_id = ANY(CAST(:ids AS text[])) AND phase = 'PENDING'
+      AND payment IS NULL AND NOT cancelled AND reason IS NULL AND expires_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = orders.order_id)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Grouped:
+    """One request of a group: what it locks, and its decision."""
+
+    cause: EventRef
+    order_ids: tuple[str, ...]
+    variant_ids: tuple[str, ...]
+    decide: Callable[[StockLedger, EventRef], list[Order]]
+
+    def decision(self, ledger: StockLedger) -> list[Order]:
+        return self.decide(ledger, self.cause)
 
 
 class StockCommands:
@@ -62,41 +99,120 @@ class StockCommands:
         self.source = source
         self.unit_of_work = UnitOfWork(engine, settings)
         self.give_up_after = give_up_after
+        #: One group commit per operation and actor (the audit rows of a transaction
+        #: carry one actor).
+        self._groups: dict[tuple[str, str | None], GroupCommit[_Grouped, list[Order]]] = {}
 
     async def reserve(
         self, reservations: Sequence[requests.ReservationRequest], *, actor: str | None = None
     ) -> list[Order]:
-        return await self._run(
+        return await self._grouped(
             "reserve",
-            _new_cause(self.source),
-            lambda ledger, cause: requests.reserve(ledger, reservations, cause),
-            order_ids=[r.reservation_id for r in reservations],
-            create_orders=True,
-            variant_ids=[v for r in reservations for v in r.lines],
-            actor=actor,
+            _Grouped(
+                _new_cause(self.source),
+                tuple(r.reservation_id for r in reservations),
+                tuple(v for r in reservations for v in r.lines),
+                lambda ledger, cause: requests.reserve(ledger, reservations, cause),
+            ),
+            actor,
         )
 
     async def confirm_sales(
         self, confirmations: Sequence[requests.SaleConfirmation], *, actor: str | None = None
     ) -> list[Order]:
-        return await self._run(
+        return await self._grouped(
             "confirm-sale",
-            _new_cause(self.source),
-            lambda ledger, cause: requests.confirm_sales(ledger, confirmations, cause),
-            order_ids=[c.reservation_id for c in confirmations],
-            actor=actor,
+            _Grouped(
+                _new_cause(self.source),
+                tuple(c.reservation_id for c in confirmations),
+                (),
+                lambda ledger, cause: requests.confirm_sales(ledger, confirmations, cause),
+            ),
+            actor,
         )
 
     async def release(
         self, releases: Sequence[requests.ReleaseRequest], *, actor: str | None = None
     ) -> list[Order]:
-        return await self._run(
+        return await self._grouped(
             "release",
-            _new_cause(self.source),
-            lambda ledger, cause: requests.release(ledger, releases, cause),
-            order_ids=[r.reservation_id for r in releases],
-            actor=actor,
+            _Grouped(
+                _new_cause(self.source),
+                tuple(r.reservation_id for r in releases),
+                (),
+                lambda ledger, cause: requests.release(ledger, releases, cause),
+            ),
+            actor,
         )
+
+    async def _grouped(self, what: str, request: _Grouped, actor: str | None) -> list[Order]:
+        group = self._groups.get((what, actor))
+        if group is None:
+
+            async def run_group(members: Sequence[_Grouped]) -> Sequence[Outcome[list[Order]]]:
+                return await self._run_group(what, members, actor)
+
+            group = self._groups[(what, actor)] = GroupCommit(
+                run_group,
+                max_requests=self.settings.group_commit_max_requests,
+                max_groups=self.settings.group_commit_groups,
+            )
+        return await group.submit(request)
+
+    async def _run_group(
+        self, what: str, group: Sequence[_Grouped], actor: str | None
+    ) -> list[Outcome[list[Order]]]:
+        """One transaction for the whole group: every row locked once, in key order; each
+        request decided alone (`decide_alone`), in arrival order; one write-back."""
+        metrics.GROUP_COMMIT_SIZE.labels(what).observe(len(group))
+        if len(group) == 1:
+            return [await self._alone(what, group[0], actor)]
+        creates = what == "reserve"
+
+        async def step(tx: StockTransaction) -> list[Outcome[list[Order]]]:
+            ledger = await tx.lock(
+                [o for r in group for o in r.order_ids],
+                [v for r in group for v in r.variant_ids],
+                create_orders=creates,
+            )
+            outcomes = [decide_alone(ledger, r.order_ids, r.variant_ids, r.decision) for r in group]
+            if creates:
+                refused = {
+                    o
+                    for r, outcome in zip(group, outcomes, strict=True)
+                    if isinstance(outcome, BaseException)
+                    for o in r.order_ids
+                }
+                unused = refused - ledger.touched_orders
+                if unused:
+                    await tx.conn.execute(_FORGET_UNUSED_ORDERS, {"ids": sorted(unused)})
+            return outcomes
+
+        try:
+            return await self.unit_of_work.run(
+                step, what=what, give_up_after=self.give_up_after, actor=actor
+            )
+        except TransientDatabaseError:
+            raise  # the database is away for every one of them
+        except Exception as error:
+            # Not one request's own refusal (those are outcomes): something in the shared
+            # transaction. Each alone, so a bad request cannot fail the others.
+            log.warning("%s: a group of %d failed (%r); each runs alone", what, len(group), error)
+            return [await self._alone(what, r, actor) for r in group]
+
+    async def _alone(self, what: str, request: _Grouped, actor: str | None) -> Outcome[list[Order]]:
+        try:
+            return await self._run(
+                what,
+                request.cause,
+                request.decide,
+                order_ids=request.order_ids,
+                create_orders=what == "reserve",
+                variant_ids=request.variant_ids,
+                actor=actor,
+            )
+        except Exception as error:  # its own answer (a 503 too: the others may have committed)
+            return error
 
     async def restock(
         self,

@@ -26,7 +26,7 @@ from service.domain.requests import (
 from service.entrypoints.http import models
 from service.entrypoints.http.auth import Writer, require_read_token, require_write_token
 from service.entrypoints.http.errors import DOCUMENTED_ERRORS, WRITE_ERRORS
-from service.entrypoints.http.services import ApiServices, services
+from service.entrypoints.http.services import ApiServices, services_of
 
 VariantId = Annotated[
     str, Path(alias="variantId", min_length=1, max_length=200, pattern=r"^[^\x00]+$")
@@ -49,7 +49,7 @@ IdempotencyKey = Annotated[
         "and answered with the changes it made.",
     ),
 ]
-Services = Annotated[ApiServices, Depends(services)]
+Services = Annotated[ApiServices, Depends(services_of)]
 
 #: Reads take a token only if STOCK_API_READS_REQUIRE_TOKEN: optional, in OpenAPI terms.
 #: FastAPI lists the bearer scheme; this adds the empty requirement that makes it optional.
