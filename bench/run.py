@@ -52,7 +52,7 @@ async def run_benchmarks(
     naive_seconds: float = 15.0,
     latency_rate: float | None = None,
     relay_apart: bool = False,
-    probe_seconds: float = 15.0,
+    probe_seconds: float = 10.0,
     curve: bool = True,
 ) -> list[ScenarioResult]:
     """`latency_rate`: events/s of the latency phase (default: half the measured rate).
