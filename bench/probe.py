@@ -253,7 +253,9 @@ async def _read(args: argparse.Namespace) -> None:
         Path(args.ready).touch()  # noqa: ASYNC240 (once, before anything is timed)
         # Small appends to the page cache: cheaper than a thread hop per batch.
         with open(args.out, "a") as out:  # noqa: ASYNC230
-            while not stop.is_set():
+            parent = os.getppid()
+            # An orphan (the harness killed outright) stops instead of reading for ever.
+            while not stop.is_set() and os.getppid() == parent:
                 batches = await reader.getmany(timeout_ms=100)
                 arrived = time.monotonic()
                 lines = []

@@ -26,6 +26,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import os
 import random
 import signal
 import sys
@@ -67,7 +68,8 @@ async def _produce(args: argparse.Namespace) -> None:
     try:
         started = time.monotonic()
         end = started + args.seconds
-        while not stop.is_set() and time.monotonic() < end:
+        parent = os.getppid()
+        while not stop.is_set() and time.monotonic() < end and os.getppid() == parent:
             now = time.monotonic()
             due = int((now - started) * args.rate)
             while sent < due:
@@ -152,7 +154,9 @@ async def _read(args: argparse.Namespace) -> None:
             await reader.position(tp)
         Path(args.ready).touch()  # noqa: ASYNC240 (once, before anything is timed)
         with open(args.out, "a") as out:  # noqa: ASYNC230 (small appends, page cache)
-            while not stop.is_set():
+            parent = os.getppid()
+            # An orphan (the harness killed outright) stops instead of reading for ever.
+            while not stop.is_set() and os.getppid() == parent:
                 batches = await reader.getmany(timeout_ms=100)
                 arrived = time.monotonic()
                 lines = []
