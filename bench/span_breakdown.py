@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -51,10 +52,9 @@ TRACING_CHANGES = [
             "service/application/unit_of_work.py",
             "service/entrypoints/cli.py",
             "service/entrypoints/http/app.py",
-            "service/inbound.py",
         ],
     ),
-    ("7ac87e3^", "7ac87e3", ["schemas/stock_schemas/kafka.py"]),
+    ("a198ee6^", "a198ee6", ["service/adapters/fast_publish.py"]),
 ]
 #: And by hand where other code has since been built on a hook: the event writer's
 #: tests of `tracing.ENABLED` (its text path is then the only path).
@@ -148,7 +148,7 @@ async def span_breakdown(
     checkouts go through that broker to a real worker (consumer, fast path, relay) on
     topics of their own, and the run ends when every answer has been read back."""
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from service import tracing
@@ -156,7 +156,9 @@ async def span_breakdown(
     await _load_catalogue(database_url)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # As in production: spans are exported off the event loop's thread, in batches (a
+    # synchronous export would add its own time to every parent span).
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1_000_000))
     tracing.install(provider)
     try:
         if bootstrap is None:
@@ -164,7 +166,7 @@ async def span_breakdown(
         else:
             await _through_kafka(database_url, bootstrap, orders, batch_size)
     finally:
-        tracing.uninstall()
+        tracing.uninstall()  # flushes what is queued
     return summarize(exporter.get_finished_spans())
 
 
@@ -274,31 +276,39 @@ from service.outbound import EventWriter
 from service.settings import Settings
 if mode == "on":
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from service import tracing
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    provider.add_span_processor(
+        BatchSpanProcessor(InMemorySpanExporter(), max_queue_size=1_000_000)
+    )
     tracing.install(provider)
 
 settings = Settings(database_url=database_url)
 topic = settings.topic_order_checkout
 records = [_Record(topic, json.dumps(_checkout(i, "probe")).encode(), i) for i in range(2000)]
+from stock_schemas.events import ChangeType, ReservationStatus
+from service.domain.model import ReservationOutcome, StockChange
 writer = EventWriter(settings)
 now = datetime.now(UTC)
-data = {"order_id": "o-1", "status": "RESERVED", "lines": [{"variant_id": "v1", "quantity": 1}]}
+outcome = ReservationOutcome("o-1", ReservationStatus.RESERVED, (("v1", 1), ("v2", 2)))
+change = StockChange("v1", "p1", ChangeType.RESERVE, 0, 1, 10, 1, 7, "o-1", None, None)
 
 def best(work, repeat=9):
+    # CPU time, not wall time: the machine is shared, time slices lost to others do not
+    # count; the best of the repeats.
     times = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started = time.process_time()
         work()
-        times.append(time.perf_counter() - started)
+        times.append(time.process_time() - started)
     return min(times) / 2000 * 1e6
 
 decode_us = best(lambda: [decode_record(r, "order.checkout") for r in records])
-write_us = best(lambda: [writer._event(topic, "stock.reservation", "o-1", data, now, "o-1")
-                         for _ in range(2000)])
+# The two events of every checkout: its answer and a stock change (per event: / 2).
+write_us = best(lambda: [(writer.reservation(outcome, now), writer.stock_changed(change, now))
+                         for _ in range(1000)])
 
 async def batch_path():
     from service.adapters.database import create_engine
@@ -307,29 +317,35 @@ async def batch_path():
     engine = create_engine(database_url)
     consumer = BatchConsumer(engine, settings)
     records = [_Record(topic, json.dumps(_checkout(i, "path")).encode(), i) for i in range(orders)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, orders, batch_size):
         await consumer.handle(records[start:start + batch_size])
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await engine.dispose()
-    return orders / elapsed
+    return orders / elapsed, cpu / orders * 1e6
 
 import service
 assert service.__file__.startswith(sys.argv[5]), service.__file__
+rate, cpu_us = asyncio.run(batch_path()) if orders else (0.0, 0.0)
 print(json.dumps({"decode_us": decode_us, "write_us": write_us,
-                  "events_per_s": asyncio.run(batch_path())}))
+                  "events_per_s": rate, "path_cpu_us": cpu_us}))
 '''
 
 
-def _export(revision: str | None) -> Path:
-    """The baseline's tree (service, schemas, bench): the work tree without the tracing
+def _snapshot(source: Path, prefix: str) -> Path:
+    """A copy of `source`'s service, schemas and bench: what the run measures stays put
+    while people edit the work tree."""
+    where = Path(tempfile.mkdtemp(prefix=prefix))
+    for part in ("service", "schemas", "bench"):
+        shutil.copytree(source / part, where / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
+def _export(revision: str | None, now: Path) -> Path:
+    """The baseline's tree (service, schemas, bench): `now` without the tracing
     changes, or the tree at `revision`."""
-    where = Path(tempfile.mkdtemp(prefix="stock-without-tracing-"))
     if revision is None:
-        for part in ("service", "schemas", "bench"):
-            shutil.copytree(
-                ROOT / part, where / part, ignore=shutil.ignore_patterns("__pycache__")
-            )
+        where = _snapshot(now, "stock-without-tracing-")
         for start, end, paths in reversed(TRACING_CHANGES):
             patch = subprocess.run(
                 ["git", "diff", "-U1", start, end, "--", *paths], cwd=ROOT, check=True,
@@ -343,6 +359,7 @@ def _export(revision: str | None) -> Path:
                 raise RuntimeError(f"{name}: {old!r} is gone; update TRACING_EDITS")
             path.write_text(text.replace(old, new))
     else:
+        where = Path(tempfile.mkdtemp(prefix="stock-baseline-"))
         archive = subprocess.run(
             ["git", "archive", revision, "service", "schemas", "bench"],
             cwd=ROOT,
@@ -422,16 +439,91 @@ def _fresh_database(server_url: str, tree: Path) -> str:
     return url
 
 
+def _renamed(tree: Path) -> Path:
+    """`tree`'s service and stock_schemas packages as `service_without` and
+    `stock_schemas_without`, importable beside the real ones in one process."""
+    where = Path(tempfile.mkdtemp(prefix="stock-renamed-"))
+    shutil.copytree(tree / "service", where / "service_without")
+    shutil.copytree(tree / "schemas" / "stock_schemas", where / "stock_schemas_without")
+    for path in where.rglob("*.py"):
+        text = path.read_text()
+        text = re.sub(r"\bstock_schemas\b", "stock_schemas_without", text)
+        text = re.sub(r"\b(from|import) service\b", r"\1 service_without", text)
+        path.write_text(text)
+    return where
+
+
+def measure_cpu_in_one_process(rounds: int = 30) -> dict[str, dict[str, float]]:
+    """Per-event CPU (µs) of decoding a checkout and writing its two events, with and
+    without the tracing changes, tracing off, timed turn about in this one process
+    (separate processes differ by more than what is measured here). Best of `rounds`."""
+    from datetime import UTC, datetime
+
+    now_tree = _snapshot(ROOT, "stock-with-tracing-")
+    renamed = _renamed(_export(None, now_tree))
+    sys.path.insert(0, str(renamed))
+    import service_without.domain.model as model_without  # type: ignore[import-not-found]
+    import service_without.inbound as inbound_without  # type: ignore[import-not-found]
+    import service_without.outbound as outbound_without  # type: ignore[import-not-found]
+    from stock_schemas.events import ChangeType, ReservationStatus
+
+    import service.domain.model as model_now
+    import service.inbound as inbound_now
+    import service.outbound as outbound_now
+    from service.settings import Settings
+
+    settings = Settings()
+    topic = settings.topic_order_checkout
+    records = [_Record(topic, json.dumps(_checkout(i, "probe")).encode(), i) for i in range(2000)]
+    at = datetime.now(UTC)
+    work: dict[str, dict[str, Any]] = {}
+    for name, inbound, outbound, model in (
+        ("without", inbound_without, outbound_without, model_without),
+        ("off", inbound_now, outbound_now, model_now),
+    ):
+        writer = outbound.EventWriter(settings)
+        outcome = model.ReservationOutcome(
+            "o-1", ReservationStatus.RESERVED, (("v1", 1), ("v2", 2))
+        )
+        change = model.StockChange(
+            "v1", "p1", ChangeType.RESERVE, 0, 1, 10, 1, 7, "o-1", None, None
+        )
+        decode = inbound.decode_record
+
+        def decoding(decode: Any = decode) -> None:
+            for record in records:
+                decode(record, "order.checkout")
+
+        def writing(writer: Any = writer, outcome: Any = outcome, change: Any = change) -> None:
+            for _ in range(1000):
+                writer.reservation(outcome, at)
+                writer.stock_changed(change, at)
+
+        work[name] = {"decode": decoding, "write": writing}
+    figures = {name: {"decode": float("inf"), "write": float("inf")} for name in work}
+    for _ in range(rounds):
+        for name, runs in work.items():
+            for metric, run in runs.items():
+                started = time.process_time()
+                run()
+                took = (time.process_time() - started) / 2000 * 1e6
+                figures[name][metric] = min(figures[name][metric], took)
+    return figures
+
+
 def measure_cost(
     server_url: str, *, baseline: str | None = None, rounds: int = 3, orders: int = 3000,
     batch_size: int = 300,
 ) -> dict[str, dict[str, list[float]]]:
     """{variant: {metric: [one figure per round]}} for without / off / on."""
-    without = _export(baseline)
-    trees = {"without": without, "off": ROOT, "on": ROOT}
+    now = _snapshot(ROOT, "stock-with-tracing-")
+    trees = {"without": _export(baseline, now), "off": now, "on": now}
     results: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
-    for _ in range(rounds):
-        for variant, tree in trees.items():
+    names = list(trees)
+    for round_ in range(rounds):
+        # Each round in another order: no variant always runs first (or last).
+        for variant in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            tree = trees[variant]
             url = _fresh_database(server_url, tree)
             env = dict(os.environ, PYTHONPATH=f"{tree}:{tree / 'schemas'}")
             out = subprocess.run(
@@ -445,13 +537,24 @@ def measure_cost(
 
 
 def print_cost(results: dict[str, dict[str, list[float]]]) -> None:
-    print(f"{'':<8} {'decode µs/event':>16} {'write µs/event':>15} {'batch path ev/s':>16}")
+    print(
+        f"{'':<8} {'decode µs/event':>16} {'write µs/event':>15} {'batch path ev/s':>16} "
+        f"{'path CPU µs/event':>18}"
+    )
     for variant, metrics in results.items():
         print(
             f"{variant:<8} {min(metrics['decode_us']):>16.2f} {min(metrics['write_us']):>15.2f} "
-            f"{statistics.median(metrics['events_per_s']):>16,.0f}"
+            f"{statistics.median(metrics['events_per_s']):>16,.0f} "
+            f"{statistics.median(metrics['path_cpu_us']):>18.1f}"
         )
-    print("(decode, write: best of 9 x 2,000 per round, best round; batch path: median round)")
+    print(
+        "(decode, write: best of 9 x 2,000 per round, best round; batch path: median round;"
+        " path CPU: the worker process's own CPU time, which other load on the machine"
+        " barely moves)"
+    )
+    for variant, metrics in results.items():
+        rounds = ", ".join(f"{value:,.0f}" for value in metrics["events_per_s"])
+        print(f"  batch path rounds, {variant}: {rounds}")
 
 
 # ------------------------------------------------------------------------------ main
@@ -474,16 +577,31 @@ def _postgres() -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(prog="python -m bench.span_breakdown")
-    parser.add_argument("what", nargs="?", choices=["breakdown", "cost"], default="breakdown")
+    parser.add_argument(
+        "what", nargs="?", choices=["breakdown", "cost", "cpu"], default="breakdown"
+    )
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--kafka", action="store_true", help="through a tansu broker and a worker")
     parser.add_argument("--baseline", default=None, help="a git revision (default: see above)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--path-orders", type=int, default=3000, help="cost: checkouts of the batch path, 0: none"
+    )
     args = parser.parse_args(argv)
+    if args.what == "cpu":
+        for name, row in measure_cpu_in_one_process(args.rounds).items():
+            print(f"{name:<8} decode {row['decode']:.3f} µs/event, write {row['write']:.3f}")
+        print(f"(CPU time, best of {args.rounds} x 2,000, turn about in one process)")
+        return
     with _postgres() as server_url:
         if args.what == "cost":
-            print_cost(measure_cost(server_url, baseline=args.baseline, rounds=args.rounds))
+            print_cost(
+                measure_cost(
+                    server_url, baseline=args.baseline, rounds=args.rounds,
+                    orders=args.path_orders,
+                )
+            )
             return
         url = _fresh_database(server_url, ROOT)
         if not args.kafka:

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from stock_schemas.events import CONSUMED_DATA_MODELS
 from stock_schemas.kafka import InvalidEvent, parse_record
 
-from service import tracing
 from service.domain.model import EventRef
 
 
@@ -39,8 +38,6 @@ class InboundEvent:
     data: Any
     time: datetime
     record: KafkaRecord
-    #: Its W3C trace context (service/tracing.py); read only while tracing is on.
-    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +73,6 @@ def decode_record(record: KafkaRecord, expected_type: str | None) -> InboundEven
         data=parsed.data,
         time=_event_time(parsed.time, record),
         record=record,
-        traceparent=(
-            tracing.incoming_traceparent(parsed, record.headers)
-            if tracing.ENABLED
-            else None
-        ),
     )
 
 

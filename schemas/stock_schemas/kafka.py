@@ -71,7 +71,7 @@ class ParsedEvent:
     asked for (the worker never asks: it reads the four attributes and `data`).
     """
 
-    __slots__ = ("_envelope", "_raw", "data", "id", "source", "time", "traceparent", "type")
+    __slots__ = ("_envelope", "_raw", "data", "id", "source", "time", "type")
 
     def __init__(
         self,
@@ -91,12 +91,6 @@ class ParsedEvent:
         self.source: str = attributes.source
         self.id: str = attributes.id
         self.time: datetime | None = attributes.time
-        #: The `traceparent` extension attribute (W3C trace context), if it is a string.
-        self.traceparent: str | None = (
-            attributes.traceparent
-            if isinstance(attributes, _TypedEnvelope)
-            else _text((attributes.model_extra or {}).get("traceparent"))
-        )
 
     @property
     def envelope(self) -> CloudEvent:
@@ -130,14 +124,9 @@ class _TypedEnvelope(BaseModel):
     time: datetime | None = None
     datacontenttype: str | None = "application/json"
     subject: str | None = None
-    traceparent: str | None = None  # kept: a tracing consumer reads it without a reparse
     # `type` (a Literal per model) and `data` (the model) are added per accepted type.
     type: str
     data: Any
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _literal(value: str) -> Any:

@@ -109,29 +109,32 @@ def test_traceparent_format(traceparent: str, valid: bool) -> None:
         assert tracing.format_traceparent(context) == traceparent
 
 
+class _Record:
+    def __init__(self, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        self.value, self.headers = value, headers
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_the_attribute_first_then_the_kafka_header(binary: bool) -> None:
-    from stock_schemas.kafka import parse_record
-
     attribute = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     header = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     event = {
         "specversion": "1.0", "id": "e-1", "source": "test", "type": "order.cancelled",
-        "data": {"order_id": "o-1", "reason": "customer"},
+        "data": {"order_id": "o-1", "reason": "customer", "traceparent": "not this one"},
     }
     if binary:  # ce_* headers; the attribute is the ce_traceparent header
         headers = [(f"ce_{k}", str(v).encode()) for k, v in event.items() if k != "data"]
         value = json.dumps(event["data"]).encode()
-        with_attribute = [*headers, ("ce_traceparent", attribute.encode())]
+        traced = _Record(value, [*headers, ("ce_traceparent", attribute.encode())])
     else:
         headers, value = [], json.dumps(event).encode()
-        with_attribute = []
-    traced = json.dumps({**event, "traceparent": attribute}).encode()
-    both = parse_record(value if binary else traced, [*with_attribute, ("traceparent", header)])
-    assert both.traceparent == attribute
-    assert tracing.incoming_traceparent(both, [("traceparent", header)]) == attribute
-    header_only = parse_record(value, [*headers, ("traceparent", header)])
-    assert header_only.traceparent is None
-    assert tracing.incoming_traceparent(header_only, [("traceparent", header)]) == header.decode()
-    assert tracing.incoming_traceparent(header_only, [("traceparent", b"\xff")]) is None
-    assert tracing.incoming_traceparent(parse_record(value, headers), headers) is None
+        traced = _Record(json.dumps({**event, "traceparent": attribute}).encode(), [])
+    traced.headers.append(("traceparent", header))
+    assert tracing.incoming_traceparent(traced) == attribute
+    header_only = _Record(value, [*headers, ("traceparent", header)])
+    assert tracing.incoming_traceparent(header_only) == header.decode()
+    not_ascii = _Record(value, [*headers, ("traceparent", b"\xff")])
+    assert tracing.incoming_traceparent(not_ascii) is None
+    assert tracing.incoming_traceparent(_Record(value, headers)) is None
+    assert tracing.incoming_traceparent(_Record(b"not json", [])) is None
+    assert tracing.incoming_traceparent(_Record(None, [])) is None
