@@ -40,6 +40,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.soak_load import EVENTS_PER_ORDER
 from bench.stack import Stack, bench_settings, drop_database, fresh_database, load_catalogue
 from bench.stack import publish as publish_up_front
 from bench.worker_run import _drain, _start
@@ -97,7 +98,7 @@ class Sample:
     p99_ms: float
     applied_per_s: float
     outbox_backlog: int
-    #: Events due from the producer by now (rate x time) not yet applied: the queue.
+    #: Checkouts sent by now (the producer's count) not answered yet: the queue.
     lag_events: int = 0
     table_mb: dict[str, float] = field(default_factory=dict)
     index_mb: dict[str, float] = field(default_factory=dict)
@@ -191,7 +192,7 @@ async def _soak(
     jobs_seen: dict[str, set[str]],
 ) -> SoakResult:
     prefix = f"soak-{run}-"
-    answers, ready = work / "answers.txt", work / "ready"
+    answers, ready, progress = work / "answers.txt", work / "ready", work / "sent"
     topics = {
         "order.checkout": settings.topic_order_checkout,
         "payment.succeeded": settings.topic_payment_succeeded,
@@ -214,13 +215,13 @@ async def _soak(
             "produce", "--bootstrap", stack.bootstrap, "--topics", json.dumps(topics),
             "--rate", str(rate), "--seconds", str(minutes * 60),
             "--variants", str(CATALOGUE.variants), "--prefix", prefix,
-            stdout=subprocess.PIPE,
+            "--progress", str(progress), stdout=subprocess.PIPE,
         )  # fmt: skip
         started = time.monotonic()
         offset = 0
-        db_since = await conn.fetchval("SELECT now()")
+        db_since = await conn.fetchval("SELECT now() - interval '5 seconds'")
         window_start = started
-        applied_total = 0
+        answered_total = 0
         while True:
             next_at = window_start + sample_seconds
             while time.monotonic() < next_at:
@@ -233,8 +234,8 @@ async def _soak(
             if samples and now - window_start < sample_seconds / 2:
                 break  # the load ended just after a sample: no window of its own
             latencies, offset = _new_latencies(answers, offset, window_start, now)
+            answered_total += len(latencies)
             applied, db_since = await _applied_since(conn, db_since)
-            applied_total += applied
             samples.append(
                 await _sample(
                     conn,
@@ -244,7 +245,7 @@ async def _soak(
                     applied / max(now - window_start, 1e-6),
                 )
             )
-            samples[-1].lag_events = max(round(rate * (now - started)) - applied_total, 0)
+            samples[-1].lag_events = max(_sent_so_far(progress) - answered_total, 0)
             log.info(
                 "soak minute %.1f: RSS %.0f MB, p50 %.0f p99 %.0f ms, %.0f events/s, "
                 "outbox backlog %d, lag %d",
@@ -269,6 +270,14 @@ async def _soak(
             if process is not None:
                 _end(process)
     return SoakResult(minutes, None, rate, sent, samples, [], {}, {}, {}, 0.0)
+
+
+def _sent_so_far(progress: Path) -> int:
+    """Checkouts sent, by the producer's own count (written every second)."""
+    try:
+        return int(progress.read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def _load_process(*args: str, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
@@ -313,11 +322,13 @@ def _new_latencies(path: Path, offset: int, since: float, until: float) -> tuple
 
 
 async def _applied_since(conn: asyncpg.Connection, since: Any) -> tuple[int, Any]:
-    """Events applied from `since` (the database's clock) to now, and now. Counted by
-    `processed_at`, from its index: the prune only takes rows minutes older."""
+    """Events applied from `since` to 5 s ago (the database's clock), and that end.
+    Counted by `processed_at` (the transaction's start), from its index; the 5 s keep a
+    batch still in flight at the edge from falling between two windows. The prune only
+    takes rows minutes older."""
     row = await conn.fetchrow(
-        "SELECT count(*) AS n, now() AS t FROM processed_events "
-        "WHERE processed_at >= $1 AND processed_at < now()",
+        "SELECT count(*) AS n, now() - interval '5 seconds' AS t FROM processed_events "
+        "WHERE processed_at >= $1 AND processed_at < now() - interval '5 seconds'",
         since,
     )
     return int(row["n"]), row["t"]
@@ -372,7 +383,7 @@ async def _settle(conn: asyncpg.Connection) -> dict[str, Any]:
     3 s), every answer is sent and every short hold expired; or 300 s have passed."""
     started = time.monotonic()
     backlog = held = -1
-    since = await conn.fetchval("SELECT now()")
+    since = await conn.fetchval("SELECT now() - interval '5 seconds'")
     quiet_since = time.monotonic()
     while time.monotonic() - started < 300:
         applied, since = await _applied_since(conn, since)
@@ -466,7 +477,7 @@ def series(result: SoakResult) -> dict[str, tuple[str, list[float]]]:
         "answer p99 (ms)": ("latency", [s.p99_ms for s in result.samples]),
         "events applied/s": ("rate", [s.applied_per_s for s in result.samples]),
         "outbox backlog (rows)": ("backlog", [float(s.outbox_backlog) for s in result.samples]),
-        "events due not yet applied": ("backlog", [float(s.lag_events) for s in result.samples]),
+        "checkouts sent, not answered": ("backlog", [float(s.lag_events) for s in result.samples]),
     }
     for table in TABLES:
         out[f"{table} table (MB)"] = (
@@ -587,23 +598,24 @@ def write_soak_report(result: SoakResult, path: Path, plot: Path | None) -> None
 
 
 def _kept_up(result: SoakResult) -> str:
-    """Whether the worker applied what was sent: without that, a flat latency is a
-    queue's, not the worker's. The queue: events due from the producer by then (rate x
-    time; the producer's own lag on a busy machine counts in it) minus those applied."""
+    """Whether the worker answered what was sent: without that, a flat latency is a
+    queue's, not the worker's. The queue: checkouts the producer had sent by then (its
+    own count, written every second) minus those the reader had an answer for."""
     if not result.samples:
         return ""
     lags = [s.lag_events for s in result.samples]
     third = max(len(lags) // 3, 1)
     middle = sum(lags[third : 2 * third] or lags) / len(lags[third : 2 * third] or lags)
     last = sum(lags[-third:]) / third
-    seconds = last / result.rate if result.rate else float("nan")
+    checkouts_per_second = result.rate / EVENTS_PER_ORDER
+    seconds = last / checkouts_per_second if result.rate else float("nan")
     if last <= max(middle * (1 + FLAT_SHARE["backlog"]), FLAT_SLACK["backlog"]):
         return (
-            f"The worker kept up: the queue of events due but not applied was {middle:,.0f} "
+            f"The worker kept up: the checkouts sent but not answered were {middle:,.0f} "
             f"in the middle third and {last:,.0f} in the last ({seconds:.1f} s of sending)."
         )
     return (
-        f"**The worker did not keep up**: the queue of events due but not applied grew from "
+        f"**The worker did not keep up**: the checkouts sent but not answered grew from "
         f"{middle:,.0f} in the middle third to {last:,.0f} in the last ({seconds:.1f} s of "
         "sending), so the answers queued and the latency below is mostly that queue (the "
         "machine was busier than when the maximum was measured: run it on a quiet machine, "
@@ -679,8 +691,8 @@ def write_soak_plot(result: SoakResult, path: Path) -> bool:
     tables.legend(fontsize=8)
     indexes.legend(fontsize=8)
     backlog.plot(minutes, [s.outbox_backlog for s in result.samples], "o-", label="outbox")
-    backlog.plot(minutes, [s.lag_events for s in result.samples], "s-", label="events due")
-    backlog.set(title="backlogs: outbox rows not sent, events not applied", ylabel="rows")
+    backlog.plot(minutes, [s.lag_events for s in result.samples], "s-", label="not answered")
+    backlog.set(title="outbox rows not sent; checkouts sent, not answered", ylabel="rows")
     backlog.legend()
     for axis in axes.flat:
         axis.set_xlabel("minute")

@@ -69,7 +69,11 @@ async def _produce(args: argparse.Namespace) -> None:
         started = time.monotonic()
         end = started + args.seconds
         parent = os.getppid()
+        reported = started
         while not stop.is_set() and time.monotonic() < end and os.getppid() == parent:
+            if args.progress and time.monotonic() - reported >= 1.0:
+                reported = time.monotonic()
+                _report_progress(Path(args.progress), orders)
             now = time.monotonic()
             due = int((now - started) * args.rate)
             while sent < due:
@@ -100,6 +104,14 @@ async def _produce(args: argparse.Namespace) -> None:
     finally:
         await producer.stop()
     print(json.dumps({"sent": sent, "orders": orders}))
+
+
+def _report_progress(path: Path, orders: int) -> None:
+    """How many checkouts are sent so far, for the harness (replaced whole, never half
+    written)."""
+    part = path.with_suffix(".part")
+    part.write_text(str(orders))
+    part.replace(path)
 
 
 def _plan(
@@ -193,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     produce.add_argument("--seconds", type=float, required=True)
     produce.add_argument("--variants", type=int, required=True)
     produce.add_argument("--prefix", required=True)
+    produce.add_argument("--progress", help="a file the count of checkouts sent is kept in")
     read = sub.add_parser("read")
     read.add_argument("--bootstrap", required=True)
     read.add_argument("--topic", required=True)
