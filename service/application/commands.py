@@ -156,6 +156,7 @@ class StockCommands:
                 run_group,
                 max_requests=self.settings.group_commit_max_requests,
                 max_groups=self.settings.group_commit_groups,
+                window=self.settings.group_commit_window_ms / 1000,
             )
         return await group.submit(request)
 

@@ -9,9 +9,10 @@ set-based lock and write-back, one flush for all of them.
 
 Two parts:
 
-* `GroupCommit` collects: a request that finds fewer than `max_groups` groups in flight
-  starts a group at once (a lone request never waits); the others queue and leave in
-  groups of at most `max_requests` as soon as a group finishes. No timer.
+* `GroupCommit` collects: a request that finds no group in flight starts one at once
+  (a lone request never waits); the others queue and leave in groups of at most
+  `max_requests` as soon as a group finishes, or, while fewer than `max_groups` are
+  in flight, once they are `max_requests` or have waited `window` seconds.
 * `decide_alone` keeps each request all or nothing inside the shared ledger: it lets
   the request decide first on copies of the rows it reads (a throwaway ledger), and
   only if that succeeds decides again on the group's ledger. A request the rules refuse
@@ -43,7 +44,12 @@ Outcome: TypeAlias = T | BaseException
 
 class GroupCommit(Generic[R, T]):
     """Runs requests in groups through `run_group`, which answers one outcome per request,
-    in order. `max_requests` 1 runs each request alone (no grouping)."""
+    in order. `max_requests` 1 runs each request alone (no grouping).
+
+    `window`: seconds a free slot waits for company while another group is in flight
+    (0: none). Without it a second slot goes to whichever request comes first, often
+    alone, and holds it for a whole commit while the others queue; with nothing in
+    flight a request still starts at once."""
 
     def __init__(
         self,
@@ -51,12 +57,15 @@ class GroupCommit(Generic[R, T]):
         *,
         max_requests: int,
         max_groups: int,
+        window: float = 0.0,
     ) -> None:
         self._run_group = run_group
         self.max_requests = max(max_requests, 1)
         self.max_groups = max(max_groups, 1)
+        self.window = window
         self._waiting: list[tuple[R, asyncio.Future[T]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._collecting: asyncio.TimerHandle | None = None
 
     async def submit(self, request: R) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -66,12 +75,27 @@ class GroupCommit(Generic[R, T]):
         # disconnects) does not cancel the others' transaction.
         return await future
 
-    def _start_groups(self) -> None:
+    def _start_groups(self, *, window_over: bool = False) -> None:
         while self._waiting and len(self._in_flight) < self.max_groups:
+            collecting = self.window > 0 and self._in_flight and not window_over
+            if collecting and len(self._waiting) < self.max_requests:
+                if self._collecting is None:
+                    self._collecting = asyncio.get_running_loop().call_later(
+                        self.window, self._window_closed
+                    )
+                return
+            window_over = False
+            if self._collecting is not None:
+                self._collecting.cancel()
+                self._collecting = None
             group = self._waiting[: self.max_requests]
             del self._waiting[: self.max_requests]
             task = asyncio.create_task(self._run(group), name="group-commit")
             self._in_flight.add(task)
+
+    def _window_closed(self) -> None:
+        self._collecting = None
+        self._start_groups(window_over=True)
 
     async def _run(self, group: list[tuple[R, asyncio.Future[T]]]) -> None:
         try:

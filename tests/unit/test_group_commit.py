@@ -143,3 +143,28 @@ def test_the_answer_is_a_snapshot_later_decisions_do_not_change() -> None:
     assert isinstance(answer, Order)
     ledger.release("a", None, None)
     assert answer.phase is OrderPhase.RESERVED
+
+
+async def test_a_second_slot_waits_for_company_while_a_group_is_in_flight() -> None:
+    """With a window (here longer than the test), a free slot does not go to the first
+    request that comes while a group is in flight: it starts once `max_requests` wait,
+    or at once when nothing is in flight any more."""
+    recorder = Recorder()
+    group = GroupCommit(recorder.run, max_requests=3, max_groups=2, window=600.0)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.groups == [[1]]  # nothing in flight: at once
+    queued = [asyncio.create_task(group.submit(n)) for n in (2, 3)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.groups == [[1]]  # a slot is free, but two are not company enough
+    full = asyncio.create_task(group.submit(4))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.groups == [[1], [2, 3, 4]]  # max_requests waiting: the second slot
+    last = asyncio.create_task(group.submit(5))
+    await asyncio.sleep(0)
+    recorder.release.set()
+    assert [await t for t in (first, *queued, full, last)] == [2, 4, 6, 8, 10]
+    assert recorder.groups == [[1], [2, 3, 4], [5]]  # nothing in flight: at once
