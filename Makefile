@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test test-fast lint typecheck check migrate bench faults clean
+.PHONY: help venv run test test-fast lint typecheck check migrate bench soak faults clean
 
 help:
 	@echo "make run        embedded PostgreSQL + Kafka-protocol broker + sample catalogue + worker"
@@ -13,7 +13,8 @@ help:
 	@echo "make lint       ruff"
 	@echo "make typecheck  mypy --strict on service/ and schemas/"
 	@echo "make migrate    alembic upgrade head against STOCK_DATABASE_URL"
-	@echo "make bench      benchmarks: writes docs/benchmarks.md and docs/benchmarks.png"
+	@echo "make bench      benchmarks: writes docs/benchmarks.md, docs/benchmarks.png, docs/latency-curve.png (BENCH_ARGS=--quick)"
+	@echo "make soak       30 min at half the max rate (SOAK_MINUTES=N): docs/soak.md and docs/soak.png"
 	@echo "make faults     fault suite (kill, pause, DB crash, broker cut, rewind, poison): docs/reliability.md"
 	@echo "make clean      remove the virtualenv and the embedded stack's data"
 
@@ -49,6 +50,12 @@ migrate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Not part of `make test`: half an hour (SOAK_MINUTES); tests/e2e runs a 20-second one.
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 # Not part of `make test` either (about 13 minutes a seed); `make test` runs its short version.
 faults: $(STAMP)
