@@ -37,6 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,15 @@ TRACING_EDITS = [
 VARIANTS = 200
 
 
-def summarize(spans: Iterable[Any]) -> dict[str, dict[str, float]]:
-    """Finished spans -> {name: {count, p50_ms, p99_ms, mean_ms}}, by name."""
+def summarize(spans: Iterable[Any], strip: str = "") -> dict[str, dict[str, float]]:
+    """Finished spans -> {name: {count, p50_ms, p99_ms, mean_ms}}, by name (without
+    `strip`, a run's topic prefix: `publish stock.reservation`, not `publish x.stock...`)."""
     durations: dict[str, list[float]] = {}
     for span in spans:
         if span.end_time is None or span.start_time is None:
             continue
-        durations.setdefault(span.name, []).append((span.end_time - span.start_time) / 1e6)
+        name = span.name.replace(strip, "") if strip else span.name
+        durations.setdefault(name, []).append((span.end_time - span.start_time) / 1e6)
     return {name: _stats(values) for name, values in sorted(durations.items())}
 
 
@@ -105,7 +108,7 @@ def _checkout(index: int, source: str) -> dict[str, Any]:
         "id": str(uuid.uuid4()),
         "source": source,
         "type": "order.checkout",
-        "time": "2026-01-01T00:00:00+00:00",
+        "time": datetime.now(UTC).isoformat(),  # a past time would be a stale checkout
         "datacontenttype": "application/json",
         "traceparent": _traceparent(),
         "data": {
@@ -163,11 +166,12 @@ async def span_breakdown(
     try:
         if bootstrap is None:
             await _through_the_consumer(database_url, orders, batch_size)
+            prefix = ""
         else:
-            await _through_kafka(database_url, bootstrap, orders, batch_size)
+            prefix = await _through_kafka(database_url, bootstrap, orders, batch_size)
     finally:
         tracing.uninstall()  # flushes what is queued
-    return summarize(exporter.get_finished_spans())
+    return summarize(exporter.get_finished_spans(), strip=prefix)
 
 
 async def _through_the_consumer(database_url: str, orders: int, batch_size: int) -> None:
@@ -202,15 +206,17 @@ class _Record:
         self.headers: tuple[tuple[str, bytes], ...] = ()
 
 
-async def _through_kafka(database_url: str, bootstrap: str, orders: int, batch_size: int) -> None:
+async def _through_kafka(database_url: str, bootstrap: str, orders: int, batch_size: int) -> str:
+    """Returns the prefix of the run's topic names."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from service.adapters.kafka import ensure_topics
     from service.entrypoints.worker import Worker
     from service.settings import isolated_settings
 
+    prefix = f"spans{uuid.uuid4().hex[:6]}"
     settings = isolated_settings(
-        f"spans{uuid.uuid4().hex[:6]}",
+        prefix,
         database_url=database_url,
         kafka_bootstrap_servers=bootstrap,
         kafka_enable_idempotence=False,
@@ -244,12 +250,30 @@ async def _through_kafka(database_url: str, bootstrap: str, orders: int, batch_s
         while answered < orders and time.monotonic() < deadline:
             fetched = await reader.getmany(timeout_ms=200)
             answered += sum(len(records) for records in fetched.values())
-        # The relay's last sends (stock.changed) end their spans after their delivery.
-        await asyncio.sleep(1.0)
+        # Until the relay has sent the rest (stock.changed): its spans end with delivery.
+        await _outbox_drained(database_url, deadline)
     finally:
         await producer.stop()
         await worker.stop()
         await reader.stop()
+    return prefix + "."
+
+
+async def _outbox_drained(database_url: str, deadline: float) -> None:
+    import asyncpg
+
+    from service.adapters.database import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        while time.monotonic() < deadline:
+            waiting = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            if not waiting:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # the last delivery's span
+    finally:
+        await conn.close()
 
 
 def print_breakdown(breakdown: dict[str, dict[str, float]]) -> None:
@@ -511,6 +535,68 @@ def measure_cpu_in_one_process(rounds: int = 30) -> dict[str, dict[str, float]]:
     return figures
 
 
+def measure_path_cpu_in_one_process(
+    database_url: str, rounds: int = 20, batch_size: int = 300
+) -> dict[str, list[float]]:
+    """CPU of this process per consumed checkout (µs) through the whole batch path on
+    PostgreSQL (decode, claim, lock, decide, write-back, commit), with and without the
+    tracing changes, tracing off: a batch of each in turn, `rounds` times, one process,
+    one database. {variant: [µs per event of each batch]}."""
+    import prometheus_client
+
+    from service.adapters.database import create_engine
+    from service.application.consume import BatchConsumer
+
+    now_tree = _snapshot(ROOT, "stock-with-tracing-")
+    renamed = _renamed(_export(None, now_tree))
+    sys.path.insert(0, str(renamed))
+    registry = prometheus_client.REGISTRY
+    for collector in list(registry._collector_to_names):  # the copy registers its own
+        registry.unregister(collector)
+    from service_without.adapters.database import (  # type: ignore[import-not-found]
+        create_engine as create_engine_without,
+    )
+    from service_without.application.consume import (  # type: ignore[import-not-found]
+        BatchConsumer as ConsumerWithout,
+    )
+    from service_without.settings import (  # type: ignore[import-not-found]
+        Settings as SettingsWithout,
+    )
+
+    async def run() -> dict[str, list[float]]:
+        await _load_catalogue(database_url)
+        from service.settings import Settings
+
+        engines = [create_engine_without(database_url), create_engine(database_url)]
+        consumers = {
+            "without": ConsumerWithout(engines[0], SettingsWithout(database_url=database_url)),
+            "off": BatchConsumer(engines[1], Settings(database_url=database_url)),
+        }
+        topic = Settings().topic_order_checkout
+        figures: dict[str, list[float]] = {name: [] for name in consumers}
+        serial = 0
+        try:
+            for round_ in range(rounds + 1):
+                names = list(consumers)[:: 1 if round_ % 2 else -1]
+                for name in names:
+                    records = []
+                    for _ in range(batch_size):
+                        serial += 1
+                        event = json.dumps(_checkout(serial, "path")).encode()
+                        records.append(_Record(topic, event, serial))
+                    started = time.process_time()
+                    await consumers[name].handle(records)
+                    took = (time.process_time() - started) / batch_size * 1e6
+                    if round_:  # the first round warms both up
+                        figures[name].append(took)
+        finally:
+            for engine in engines:
+                await engine.dispose()
+        return figures
+
+    return asyncio.run(run())
+
+
 def measure_cost(
     server_url: str, *, baseline: str | None = None, rounds: int = 3, orders: int = 3000,
     batch_size: int = 300,
@@ -578,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(prog="python -m bench.span_breakdown")
     parser.add_argument(
-        "what", nargs="?", choices=["breakdown", "cost", "cpu"], default="breakdown"
+        "what", nargs="?", choices=["breakdown", "cost", "cpu", "path-cpu"], default="breakdown"
     )
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=200)
@@ -593,6 +679,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, row in measure_cpu_in_one_process(args.rounds).items():
             print(f"{name:<8} decode {row['decode']:.3f} µs/event, write {row['write']:.3f}")
         print(f"(CPU time, best of {args.rounds} x 2,000, turn about in one process)")
+        return
+    if args.what == "path-cpu":
+        with _postgres() as server_url:
+            url = _fresh_database(server_url, ROOT)
+            path = measure_path_cpu_in_one_process(url, rounds=args.rounds)
+        for name, values in path.items():
+            print(
+                f"{name:<8} batch path CPU per checkout: median {statistics.median(values):.1f}"
+                f" µs, best {min(values):.1f} µs ({len(values)} batches of 300)"
+            )
+        print("(this process's CPU time, batches of each in turn in one process)")
         return
     with _postgres() as server_url:
         if args.what == "cost":
