@@ -14,7 +14,7 @@ indexes' size (pg_table_size, pg_indexes_size), the outbox backlog (rows not sen
 events applied. At the end, with the load stopped and the holds settled, CONTRACT.md's
 invariants are checked in SQL (set-based: tests/support/invariants.py reads every row
 into Python, which does not scale to a soak's millions). docs/soak.md says, for each
-series, whether it stays flat (the definition is in FLAT and in the report); the plot
+series, whether it stays flat (FLAT_SHARE, FLAT_SLACK; written in the report); the plot
 is docs/soak.png.
 """
 
