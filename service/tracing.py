@@ -295,14 +295,24 @@ def stamp(
     return (*headers, (TRACEPARENT, traceparent.encode()))
 
 
-def remember_cause(cause: str) -> None:
-    """Within a traced batch: events published for `cause` (an order or reservation id)
-    carry the current span's context (for a step that gathers several requests into
-    one transaction)."""
-    batch = _BATCH.get()
-    traceparent = current_traceparent() if batch is not None else None
-    if batch is not None and traceparent is not None:
-        batch.causes.setdefault(cause, traceparent)
+def caused_by(causes: Mapping[str, str]) -> contextlib.AbstractContextManager[Any]:
+    """While it lasts, events published for each cause (an order or reservation id)
+    carry that cause's traceparent: for a transaction shared by several requests (the
+    group commit), each with a trace of its own (`current_traceparent()` in each)."""
+    if _tracer is None or not causes:
+        return _NO_SPAN
+    return _caused_by(causes)
+
+
+@contextlib.contextmanager
+def _caused_by(causes: Mapping[str, str]) -> Iterator[None]:
+    state = _Batch(None)
+    state.causes.update(causes)
+    token = _BATCH.set(state)
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
 
 
 # ------------------------------------------------------------------------- spans
@@ -385,7 +395,7 @@ def transaction() -> _Transaction | _NoSpan:
 class _Batch:
     __slots__ = ("causes", "processing", "span")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span | None) -> None:
         self.span = span
         #: cause (order id) -> the traceparent its published events carry
         self.causes: dict[str, str] = {}
@@ -441,7 +451,7 @@ def received(items: Iterable[Any]) -> None:
     batch span to each event's context, opens its `process <topic>` span and remembers
     it as the context of what the event causes."""
     state = _BATCH.get()
-    if state is None or _tracer is None:
+    if state is None or state.span is None or _tracer is None:
         return
     from opentelemetry import trace
     from opentelemetry.trace import Link, NonRecordingSpan, SpanKind

@@ -12,6 +12,7 @@ nothing and the others in its group are answered as if it had never come.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -22,7 +23,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from stock_schemas.events import ChangeType
 
-from service import metrics
+from service import metrics, tracing
 from service.adapters.database import TransientDatabaseError
 from service.adapters.tables import audit_log, variants
 from service.application.anomaly_checks import check_adjustments
@@ -75,6 +76,8 @@ class _Grouped:
     order_ids: tuple[str, ...]
     variant_ids: tuple[str, ...]
     decide: Callable[[StockLedger, EventRef], list[Order]]
+    #: The request's trace context, while tracing is on: what its events carry.
+    trace: str | None = None
 
     def decision(self, ledger: StockLedger) -> list[Order]:
         return self.decide(ledger, self.cause)
@@ -158,6 +161,8 @@ class StockCommands:
                 max_groups=self.settings.group_commit_groups,
                 window=self.settings.group_commit_window_ms / 1000,
             )
+        if tracing.ENABLED:
+            request = dataclasses.replace(request, trace=tracing.current_traceparent())
         return await group.submit(request)
 
     async def _run_group(
@@ -166,8 +171,14 @@ class StockCommands:
         """One transaction for the whole group: every row locked once, in key order; each
         request decided alone (`decide_alone`), in arrival order; one write-back."""
         metrics.GROUP_COMMIT_SIZE.labels(what).observe(len(group))
+        # The group runs in the task of whichever request started it: each request's
+        # events carry its own trace context.
+        traces: dict[str, str] = {}
+        if tracing.ENABLED:
+            traces = {o: r.trace for r in group if r.trace for o in r.order_ids}
         if len(group) == 1:
-            return [await self._alone(what, group[0], actor)]
+            with tracing.caused_by(traces):
+                return [await self._alone(what, group[0], actor)]
         creates = what == "reserve"
 
         async def step(tx: StockTransaction) -> list[Outcome[list[Order]]]:
@@ -190,9 +201,10 @@ class StockCommands:
             return outcomes
 
         try:
-            return await self.unit_of_work.run(
-                step, what=what, give_up_after=self.give_up_after, actor=actor
-            )
+            with tracing.caused_by(traces):
+                return await self.unit_of_work.run(
+                    step, what=what, give_up_after=self.give_up_after, actor=actor
+                )
         except TransientDatabaseError:
             raise  # the database is away for every one of them
         except Exception as error:

@@ -10,6 +10,7 @@ nothing and makes no spans.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
@@ -219,3 +220,37 @@ async def test_an_http_request_continues_its_traceparent(engine, settings, spans
     assert "traceparent" not in seeded.event
     assert parsed(restocked.event["traceparent"])[0] == STRUCTURED_TRACE
 
+
+
+async def test_requests_sharing_a_transaction_keep_their_own_traces(
+    engine, settings, spans
+) -> None:
+    """The group commit runs concurrent reserves in one transaction, in the task of one
+    of them: each answer still carries the trace of its own request."""
+    await Scenario(engine, settings).restock(("tee", 100))
+    token = "trace-token"
+    api_settings = settings.model_copy(update={"api_tokens": SecretStr(token)})
+    app = create_app(ApiServices.build(api_settings, engine))
+    trace_of = {f"r-{i}": 0x1000 + i for i in range(8)}
+
+    async def reserve(http: httpx.AsyncClient, reservation_id: str) -> httpx.Response:
+        return await http.post(
+            "/api/inventory/reserve",
+            json={"reservations": [
+                {"variantId": "tee", "quantity": 1, "reservationId": reservation_id}
+            ]},
+            headers={
+                "Authorization": f"Bearer {token}",
+                "traceparent": traceparent(trace_of[reservation_id], 0xABC),
+            },
+        )
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://stock"
+    ) as http:
+        answers = await asyncio.gather(*(reserve(http, r) for r in trace_of))
+    assert [a.status_code for a in answers] == [200] * len(trace_of), answers[0].text
+    rows = await Scenario(engine, settings).outbox(settings.topic_stock_reservation)
+    assert {row.data["order_id"] for row in rows} == set(trace_of)
+    for row in rows:
+        assert parsed(row.event["traceparent"])[0] == trace_of[row.data["order_id"]]
