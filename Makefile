@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/stock dev
 
+# Three pytest-xdist processes (most tests wait on subprocesses and group joins, not the
+# CPU); groups in tests/conftest.py. TEST_WORKERS=0 runs them all in this process.
+TEST_WORKERS ?= 3
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

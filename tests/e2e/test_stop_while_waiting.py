@@ -53,7 +53,7 @@ def test_a_signal_ends_the_wait_for_an_unreachable_database(
         http_port=0,
     )
     with StockCommand(args, settings, tmp_path / "stock.log") as process:
-        process.wait_for(f"the database at 127.0.0.1:{port} is unreachable", timeout=20)
+        process.wait_for(f"the database at 127.0.0.1:{port} is unreachable", timeout=60)
         _check_stopped_cleanly(process, signum, f"the database at 127.0.0.1:{port}")
 
 
@@ -66,5 +66,5 @@ def test_a_signal_ends_the_wait_for_an_unreachable_broker(
         update={"kafka_bootstrap_servers": f"127.0.0.1:{port}", "http_port": 0}
     )
     with StockCommand(args, settings, tmp_path / "stock.log") as process:
-        process.wait_for(f"the Kafka broker at 127.0.0.1:{port} is unreachable", timeout=20)
+        process.wait_for(f"the Kafka broker at 127.0.0.1:{port} is unreachable", timeout=60)
         _check_stopped_cleanly(process, signal.SIGTERM, f"the Kafka broker at 127.0.0.1:{port}")
