@@ -43,9 +43,12 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 #: Tests that run on one xdist worker, one after another, by nodeid prefix. The browser
 #: tests share one Chromium per session instead of starting one per worker. The fault
 #: suite (two workers, a load and its faults) and the tests that time a process's start
-#: or stop never run two at once (on a busy machine they miss their moments).
+#: or stop never run two at once (on a busy machine they miss their moments). A module
+#: with a module-scoped fixture that is slow to make (a venv, a `stock dev`) is a group
+#: of its own: spread over the workers, each would make it again.
 XDIST_GROUPS = {
     "tests/browser/": "browser",
+    "tests/e2e/test_wheel_install.py": "wheel-install",
     "tests/e2e/test_fault_suite.py": "apart",
     "tests/e2e/test_dev_stack.py": "apart",
     "tests/e2e/test_stop_while_waiting.py": "apart",
