@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -42,6 +43,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The copies of the code a run makes, removed when it ends.
+_COPIES: list[Path] = []
+atexit.register(lambda: [shutil.rmtree(path, ignore_errors=True) for path in _COPIES])
+
+
+def _copy_dir(prefix: str) -> Path:
+    where = Path(tempfile.mkdtemp(prefix=prefix))
+    _COPIES.append(where)
+    return where
 #: What tracing changed in code it hooked into: (from, to, paths), oldest first.
 TRACING_CHANGES = [
     (
@@ -359,7 +369,7 @@ print(json.dumps({"decode_us": decode_us, "write_us": write_us,
 def _snapshot(source: Path, prefix: str) -> Path:
     """A copy of `source`'s service, schemas and bench: what the run measures stays put
     while people edit the work tree."""
-    where = Path(tempfile.mkdtemp(prefix=prefix))
+    where = _copy_dir(prefix)
     for part in ("service", "schemas", "bench"):
         shutil.copytree(source / part, where / part, ignore=shutil.ignore_patterns("__pycache__"))
     return where
@@ -383,7 +393,7 @@ def _export(revision: str | None, now: Path) -> Path:
                 raise RuntimeError(f"{name}: {old!r} is gone; update TRACING_EDITS")
             path.write_text(text.replace(old, new))
     else:
-        where = Path(tempfile.mkdtemp(prefix="stock-baseline-"))
+        where = _copy_dir("stock-baseline-")
         archive = subprocess.run(
             ["git", "archive", revision, "service", "schemas", "bench"],
             cwd=ROOT,
@@ -466,7 +476,7 @@ def _fresh_database(server_url: str, tree: Path) -> str:
 def _renamed(tree: Path) -> Path:
     """`tree`'s service and stock_schemas packages as `service_without` and
     `stock_schemas_without`, importable beside the real ones in one process."""
-    where = Path(tempfile.mkdtemp(prefix="stock-renamed-"))
+    where = _copy_dir("stock-renamed-")
     shutil.copytree(tree / "service", where / "service_without")
     shutil.copytree(tree / "schemas" / "stock_schemas", where / "stock_schemas_without")
     for path in where.rglob("*.py"):
