@@ -296,7 +296,9 @@ def scenarios(short: bool) -> list[Scenario]:
         "all",
         "Every fault in one run, poison and expiring holds included",
         ("kill", "pause", "db-restart", "broker-cut", "rewind", "crash-points"),
-        Mix(seconds=seconds * 1.5, poison_share=0.08, short_hold_share=0.12),
+        # Long enough that, after four crashes, a rewind and the rest, the workers are
+        # consuming again while the load lasts (the kills strike only then).
+        Mix(seconds=seconds * 2, poison_share=0.08, short_hold_share=0.12),
         # One after a commit, one in the relay (whichever worker leads it then), one on
         # each side of the fast path's send.
         {
