@@ -31,7 +31,9 @@ async def test_every_fault_at_once_loses_doubles_and_oversells_nothing(tmp_path)
         assert verdict.problems == []
         assert result.drained_seconds is not None, "the backlog never drained"
         assert all(f.recovered_at is not None for f in result.faults), result.faults
-        assert result.unexpected_exits == 0, "a worker exited on its own"
+        assert result.unexpected_exits == 0, "a worker exited on its own:\n" + "\n".join(
+            result.unexpected_exit_details
+        )
         assert {f.kind for f in result.faults} >= {
             "kill", "pause", "db-restart", "broker-cut", "rewind", "crash:after_commit",
             "crash:fast_before_send", "crash:fast_after_send",

@@ -59,6 +59,8 @@ def _say(result: ScenarioResult) -> None:
     )
     for problem in v.problems[:30]:
         print(f"    {problem}", flush=True)
+    for exit_ in result.unexpected_exit_details:
+        print(f"    exited on its own: {exit_}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +107,7 @@ def _as_json(result: ScenarioResult) -> dict[str, object]:
         ],
         "drained_seconds": result.drained_seconds,
         "unexpected_exits": result.unexpected_exits,
+        "unexpected_exit_details": result.unexpected_exit_details,
         "health_failures": result.health_failures,
         "health_probes": result.health_probes,
         "redelivered_at_least": result.redelivered,

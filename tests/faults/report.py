@@ -85,6 +85,12 @@ def write_report(results: list[ScenarioResult], out: Path, command_args: str) ->
         )
         for problem in result.verdict.problems[:10]:
             lines.append(f"  - {problem}")
+        for exit_ in result.unexpected_exit_details:
+            first, *tail = exit_.splitlines()
+            lines.append(f"  - exited on its own: {first}")
+            if tail:
+                lines += ["", "    ```", *(f"    {t.strip().removeprefix('| ')}" for t in tail)]
+                lines += ["    ```", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     table = "\n".join(lines) + "\n"
     if out.exists() and BEGIN in out.read_text():

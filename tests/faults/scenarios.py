@@ -73,6 +73,8 @@ class ScenarioResult:
     duplicates_seen: int = 0
     #: Armed crash points the run ended without reaching (no traffic left for them).
     crash_points_unreached: int = 0
+    #: Each exit the suite did not cause: worker, status, last lines of its log.
+    unexpected_exit_details: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -143,7 +145,8 @@ async def kill_workers(run: Run, times: int = 4) -> None:
         fault = FaultRecord(
             "kill", run.now(), detail=f"worker {slot.index}, {'busy' if busy else 'idle'}"
         )
-        run.pool.signal(slot, signal.SIGKILL)
+        if not run.pool.signal(slot, signal.SIGKILL):
+            continue  # it had just died (at a crash point): nothing was killed
         while slot.process is None or slot.process.poll() is not None or slot.doomed:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # until the supervisor has restarted it
         run.healed(fault)
@@ -416,6 +419,7 @@ async def run_scenario(stack: Stack, scenario: Scenario, seed: int) -> ScenarioR
         int(pool.duplicates_seen),
         pool.armed_crashes_left(),
         workload.counts,
+        [e.describe() for e in pool.unexpected_exits()],
     )
 
 

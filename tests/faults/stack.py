@@ -5,6 +5,12 @@
   advertises the proxy's address), so the suite can make it unreachable for everyone.
 - The workers: real `stock run` processes under a supervisor that restarts any that
   exits, as Kubernetes or systemd would, and counts the exits it did not cause.
+
+An exit is the suite's doing only if its status says so: the status of an armed crash
+point, -SIGKILL after the suite's SIGKILL, 0 (or -SIGTERM, before the handlers are in
+place) after its SIGTERM. Anything else is an exit on the worker's own (an error that
+ends the process, a failed stop), even when the suite was about to stop or kill it at
+that moment: each is kept with its status and the last lines of its log.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +38,40 @@ from tests.support.proxy import CuttableProxy
 API_TOKEN = "fault-suite-token"
 #: Exit status -> the crash point it names.
 CRASH_POINTS = {code: name for name, code in failpoints.EXIT_CODES.items()}
+#: Lines of an incarnation's log kept with an exit the suite did not cause.
+LOG_TAIL_LINES = 15
+
+
+def classify_exit(returncode: int, sent: Collection[int] = ()) -> tuple[bool, str]:
+    """(the suite caused it, what it was) for an incarnation's exit status, given the
+    signals the suite sent to end it (SIGKILL, SIGTERM; none, or both: a kill and a
+    stop can cross)."""
+    if returncode in CRASH_POINTS:
+        return True, f"crash point {CRASH_POINTS[returncode]} (status {returncode})"
+    if signal.SIGKILL in sent and returncode == -signal.SIGKILL:
+        return True, "SIGKILL from the suite"
+    if signal.SIGTERM in sent and returncode in (0, -signal.SIGTERM):
+        return True, "stopped by the suite's SIGTERM"
+    what = (
+        f"killed by {signal.Signals(-returncode).name}"
+        if returncode < 0
+        else f"exit status {returncode}"
+    )
+    if sent:
+        names = " and ".join(signal.Signals(s).name for s in sorted(sent))
+        what += f" (the suite had sent {names})"
+    return False, what
+
+
+def log_tail(path: Path, offset: int, lines: int = LOG_TAIL_LINES) -> tuple[str, ...]:
+    """The last `lines` lines an incarnation wrote (its log starts at `offset`)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return ()
+    return tuple(line[:300] for line in text.splitlines() if line.strip())[-lines:]
 
 
 class BrokerProxy:
@@ -112,8 +152,11 @@ class Slot:
     process: subprocess.Popen[bytes] | None = None
     #: The suite stopped it on purpose (or is about to): the supervisor leaves it be.
     held: bool = False
-    #: The suite sent it a signal that ends it: its exit is expected.
+    #: The suite sent it a signal that ends it (no more health probes).
     doomed: bool = False
+    #: Those signals (SIGKILL, SIGTERM): with its exit status, they tell whether the
+    #: suite or the worker itself ended it (`classify_exit`).
+    ended_by: set[int] = field(default_factory=set)
     started_at: float = 0.0
     #: This incarnation has answered /healthz once (it has finished starting).
     answered: bool = False
@@ -121,6 +164,9 @@ class Slot:
     duplicates: float = 0.0
     #: The crash point this incarnation is armed with (`service/failpoints.py`).
     armed_with: str | None = None
+    #: This incarnation's log: the slot's file, from this offset on.
+    log_path: Path | None = None
+    log_offset: int = 0
 
 
 @dataclass
@@ -128,7 +174,18 @@ class Exit:
     slot: int
     returncode: int
     expected: bool
+    #: When the incarnation started (monotonic): with the slot, names it.
     at: float
+    #: What it was (`classify_exit`).
+    reason: str = ""
+    #: For an exit the suite did not cause: the last lines of the incarnation's log.
+    log_tail: tuple[str, ...] = ()
+    #: Seconds the incarnation lived.
+    lived: float = 0.0
+
+    def describe(self) -> str:
+        tail = "".join(f"\n        | {line}" for line in self.log_tail)
+        return f"worker {self.slot}: {self.reason} after {self.lived:.1f}s{tail}"
 
 
 @dataclass
@@ -168,17 +225,21 @@ class WorkerPool:
         env["STOCK_HTTP_PORT"] = str(slot.port)
         if self.static_membership:
             env["STOCK_KAFKA_GROUP_INSTANCE_ID"] = f"worker-{slot.index}"
-        if armed or slot.process is None:
+        if armed or slot.process is None or slot.armed_with is None:
             points = self.arming.get(slot.index)
             slot.armed_with = points.pop(0) if points else None
         # Else the last incarnation was killed or stopped (a rewind restarts every
-        # worker) before it reached its point: the next one carries it instead.
+        # worker) before it reached its point: the next one carries it instead. (One
+        # that reached it has none left, `_note_exit`: its successor takes the next,
+        # also when the suite, not the supervisor, starts it.)
         if slot.armed_with is not None:
             env["STOCK_FAILPOINTS"] = slot.armed_with
         env["STOCK_LOG_LEVEL"] = "INFO"
-        log = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115
+        slot.log_path = self.log_dir / f"worker-{slot.index}.log"
+        log = open(slot.log_path, "ab")  # noqa: SIM115
         log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
         log.flush()
+        slot.log_offset = log.tell()
         slot.process = subprocess.Popen(
             [sys.executable, "-m", "service.entrypoints.cli", "run"],
             env=env,
@@ -189,17 +250,23 @@ class WorkerPool:
         self.duplicates_seen += slot.duplicates
         slot.duplicates = 0.0
         slot.held = slot.doomed = slot.answered = False
+        slot.ended_by = set()
         slot.started_at = time.monotonic()
 
     def start_all(self) -> None:
         for slot in self.slots:
             self.spawn(slot)
 
-    def signal(self, slot: Slot, signum: int) -> None:
-        if slot.process is not None and slot.process.poll() is None:
-            if signum in (signal.SIGKILL, signal.SIGTERM):
-                slot.doomed = True
-            slot.process.send_signal(signum)
+    def signal(self, slot: Slot, signum: int) -> bool:
+        """Send `signum` to the slot's worker; False if it had exited already (a kill
+        that finds a worker just dead at its crash point kills nothing)."""
+        if slot.process is None or slot.process.poll() is not None:
+            return False
+        if signum in (signal.SIGKILL, signal.SIGTERM):
+            slot.doomed = True
+            slot.ended_by.add(signum)
+        slot.process.send_signal(signum)
+        return True
 
     async def stop_all(self, timeout: float = 30.0) -> None:
         async with httpx.AsyncClient(timeout=2.0) as client:
@@ -213,7 +280,7 @@ class WorkerPool:
         for slot in self.slots:
             while slot.process is not None and slot.process.poll() is None:
                 if time.monotonic() > deadline:
-                    slot.process.kill()
+                    self.signal(slot, signal.SIGKILL)
                 await asyncio.sleep(0.1)
             self._note_exit(slot)
         for slot in self.slots:
@@ -221,18 +288,26 @@ class WorkerPool:
             slot.duplicates = 0.0
 
     async def supervise(self) -> None:
-        """Restart any worker that exits, after `restart_delay`, unless it is held."""
+        """Restart any worker that exits, `restart_delay` after it was seen to exit,
+        unless it is held. Every slot is looked at every 0.1 s, also while another
+        waits for its restart (so each exit is noted, and timed, when it happens)."""
+        waiting: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
         while True:
             for slot in self.slots:
-                if slot.process is None or slot.held or slot.process.poll() is None:
+                process = slot.process
+                if process is None or slot.held or process.poll() is None:
                     continue
-                exited_at = time.monotonic()
-                self._note_exit(slot)
-                exited = slot.process
-                planned = CRASH_POINTS.get(exited.returncode)
-                await asyncio.sleep(self.restart_delay)
-                # Unless the suite held it, or started it again itself meanwhile.
-                if not slot.held and slot.process is exited:
+                if slot.index not in waiting or waiting[slot.index][0] is not process:
+                    self._note_exit(slot)
+                    waiting[slot.index] = (process, time.monotonic())
+            for index, (exited, exited_at) in list(waiting.items()):
+                slot = self.slots[index]
+                if slot.held or slot.process is not exited:
+                    # The suite holds it, or started it again itself meanwhile.
+                    del waiting[index]
+                elif time.monotonic() - exited_at >= self.restart_delay:
+                    del waiting[index]
+                    planned = CRASH_POINTS.get(exited.returncode)
                     self.spawn(slot, armed=planned is not None)
                     if planned and self.on_planned_crash is not None:
                         self.on_planned_crash(slot, planned, exited_at, time.monotonic())
@@ -315,9 +390,24 @@ class WorkerPool:
     def _note_exit(self, slot: Slot) -> None:
         if slot.process is None or slot.process.returncode is None:
             return
-        if not any(e.slot == slot.index and e.at == slot.started_at for e in self.exits):
-            expected = slot.doomed or slot.held or slot.process.returncode in CRASH_POINTS
-            self.exits.append(Exit(slot.index, slot.process.returncode, expected, slot.started_at))
+        if any(e.slot == slot.index and e.at == slot.started_at for e in self.exits):
+            return
+        returncode = slot.process.returncode
+        if returncode in CRASH_POINTS:
+            slot.armed_with = None  # reached: not to be carried to the next incarnation
+        expected, reason = classify_exit(returncode, slot.ended_by)
+        tail = () if expected or slot.log_path is None else log_tail(slot.log_path, slot.log_offset)
+        self.exits.append(
+            Exit(
+                slot.index,
+                returncode,
+                expected,
+                slot.started_at,
+                reason,
+                tail,
+                time.monotonic() - slot.started_at,
+            )
+        )
 
 
 def _cpu_ticks(pid: int) -> int:
