@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg
 
 from bench.ceiling import record_batches, replay
 from bench.naive import measure_naive
@@ -21,6 +25,7 @@ from bench.stack import (
 )
 from bench.worker_run import WorkerRun, measure_worker
 from bench.workload import SCENARIOS, Scenario, build_events
+from service.adapters.database import asyncpg_dsn
 from service.adapters.kafka import ensure_topics
 from service.settings import Settings
 
@@ -99,6 +104,7 @@ def _curve(
         points = [(share * worker.rate, f"{share:.0%} of max") for share in CURVE_SHARES]
         points += [(rate, f"{rate:,.0f}/s") for rate in PROBE_RATES]
         for n, (rate, label) in enumerate(points):
+            await _outbox_drained(settings.database_url)
             log.info("probe %s: %.0f checkouts/s for %.0f s", label, rate, seconds)
             probe = await fixed_rate_probe(
                 stack.bootstrap,
@@ -122,6 +128,22 @@ def _curve(
             into.append(probe)
 
     return measure
+
+
+async def _outbox_drained(database_url: str, within: float = 300.0) -> None:
+    """Each probe starts on a worker with nothing left to publish: the previous probe's
+    stock.changed rows (tens of thousands after the 75% point) would otherwise still
+    be going out through the relay, on the same event loop, during the next probe."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        deadline = time.monotonic() + within
+        while await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+            if time.monotonic() > deadline:
+                log.warning("probe: the outbox did not drain within %.0f s", within)
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
 
 
 def _pct(values: list[float], p: float) -> float:
