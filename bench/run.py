@@ -101,8 +101,8 @@ def _curve(
     stack: Stack, scenario: Scenario, run: str, into: list[ProbeResult], seconds: float
 ) -> Callable[[Settings, WorkerRun], Awaitable[None]]:
     async def measure(settings: Settings, worker: WorkerRun) -> None:
-        points = [(share * worker.rate, f"{share:.0%} of max") for share in CURVE_SHARES]
-        points += [(rate, f"{rate:,.0f}/s") for rate in PROBE_RATES]
+        points = [(rate, f"{rate:,.0f}/s") for rate in PROBE_RATES]
+        points += [(share * worker.rate, f"{share:.0%} of max") for share in CURVE_SHARES]
         for n, (rate, label) in enumerate(points):
             await _outbox_drained(settings.database_url)
             log.info("probe %s: %.0f checkouts/s for %.0f s", label, rate, seconds)
