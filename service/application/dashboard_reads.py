@@ -85,13 +85,27 @@ class LevelPoint:
 
 @dataclass(frozen=True, slots=True)
 class LevelSeries:
+    """A variant's level over a window as a step function: each point is the level from
+    its time until the next point's.
+
+    `points` is the level at the window's start (the last change at or before it; with
+    no such change, the level before the window's first change, or the current level
+    when there is none, from the variant's creation if that came later; nothing when the
+    variant was made by its first change), then every change in the window, oldest
+    first, then the current level at `end`.
+    """
+
     variant_id: str
     start: datetime
     end: datetime
-    #: The state at `start` (the last change before it, if any), then every change in
-    #: the window, oldest first.
     points: list[LevelPoint]
-    #: True when the window held more than SERIES_LIMIT changes: the oldest are left out.
+    #: Changes inside the window that are among `points` (at most SERIES_LIMIT).
+    changes: int
+    #: When the level at the window's start was set: the last change at or before the
+    #: start, else the variant's creation (None when the window has changes).
+    level_since: datetime | None
+    #: True when the window held more than SERIES_LIMIT changes: the oldest are left out
+    #: (and the series starts at the oldest change kept, not at `start`).
     truncated: bool
 
 
@@ -129,23 +143,35 @@ _OPEN_COUNTS = text(
 )
 
 #: Versions order a variant's changes (created_at is the transaction's start, which
-#: a lock-waiting transaction may have taken before the one it waited for).
+#: a lock-waiting transaction may have taken before the one it waited for). Both audit
+#: parts are ranges of the index audit_log_variant_version (variant_id, version), read
+#: backwards from the newest version: `before` stops at the first row at or before the
+#: start, `within` takes the versions after it (so `within` never walks the variant's
+#: older history). The variants row is the current level, from the same snapshot.
 _SERIES = text(
     """
-    WITH variant AS (SELECT variant_id FROM variants WHERE variant_id = :variant_id),
+    WITH variant AS (
+        SELECT on_hand, reserved, version, created_at FROM variants WHERE variant_id = :variant_id
+    ),
     before AS (
         SELECT created_at, version, on_hand_after, reserved_after FROM audit_log
-        WHERE variant_id = :variant_id AND created_at < :start
+        WHERE variant_id = :variant_id AND created_at <= :start
         ORDER BY version DESC LIMIT 1
     ),
     within AS (
-        SELECT created_at, version, on_hand_after, reserved_after FROM audit_log
-        WHERE variant_id = :variant_id AND created_at >= :start AND created_at < :end
+        SELECT created_at, version, on_hand_after, reserved_after,
+               delta_on_hand, delta_reserved
+        FROM audit_log
+        WHERE variant_id = :variant_id
+          AND version > COALESCE((SELECT version FROM before), -1)
         ORDER BY version DESC LIMIT :limit_plus_one
     )
-    SELECT 'before' AS part, b.* FROM before AS b
+    SELECT 'variant' AS part, created_at, version, on_hand AS on_hand_after,
+           reserved AS reserved_after, NULL::bigint AS delta_on_hand,
+           NULL::bigint AS delta_reserved
+    FROM variant
+    UNION ALL SELECT 'before', b.*, NULL, NULL FROM before AS b
     UNION ALL SELECT 'within', w.* FROM within AS w
-    UNION ALL SELECT 'variant', NULL, NULL, NULL, NULL FROM variant
     """
 )
 
@@ -191,24 +217,77 @@ class DashboardReads:
     async def level_series(
         self, variant_id: str, start: datetime, end: datetime, limit: int = SERIES_LIMIT
     ) -> LevelSeries:
-        """On hand and available after each change of the window, from the audit log."""
-        params = {
-            "variant_id": variant_id,
-            "start": start,
-            "end": end,
-            "limit_plus_one": limit + 1,
-        }
+        """The variant's on hand and available over [start, end] as a step function,
+        from the audit log and its current row (one statement)."""
+        params = {"variant_id": variant_id, "start": start, "limit_plus_one": limit + 1}
         async with self.engine.connect() as conn:
             rows = [row._mapping for row in await conn.execute(_SERIES, params)]
-        if not any(row["part"] == "variant" for row in rows):
+        current = next((row for row in rows if row["part"] == "variant"), None)
+        if current is None:
             raise UnknownVariant(variant_id)
-        before = [_point(row) for row in rows if row["part"] == "before"]
-        within = [_point(row) for row in rows if row["part"] == "within"]
-        truncated = len(within) > limit
-        within = sorted(within[:limit], key=lambda point: point.version)
-        if truncated:
-            before = []  # the state at `start` would sit before a gap
-        return LevelSeries(variant_id, start, end, before + within, truncated)
+        before = next((row for row in rows if row["part"] == "before"), None)
+        within = sorted(
+            (row for row in rows if row["part"] == "within"), key=lambda row: row["version"]
+        )
+        return _step_series(variant_id, start, end, current, before, within, limit)
+
+
+def _step_series(
+    variant_id: str,
+    start: datetime,
+    end: datetime,
+    current: Any,
+    before: Any | None,
+    within: list[Any],
+    limit: int,
+) -> LevelSeries:
+    truncated = len(within) > limit
+    within = within[len(within) - limit :] if truncated else within
+    # Drawn in version order at times that never go back: a change stamped before the
+    # one it waited for is drawn at that one's time, and a change whose transaction
+    # started after `end` was taken (it committed before the statement ran) at the end.
+    changes: list[LevelPoint] = []
+    for row in within:
+        at = min(row["created_at"], end)
+        changes.append(_point(row, max(at, changes[-1].at) if changes else at))
+    opening: list[LevelPoint] = []
+    level_since: datetime | None = None
+    if truncated:
+        pass  # the state at `start` would sit before a gap: the series starts at a change
+    elif before is not None:
+        opening = [_point(before, start)]
+        level_since = before["created_at"]
+    elif changes and current["created_at"] < changes[0].at:
+        # No change at or before the start, but the variant existed before its first
+        # change (its row is made without an audit row): the level until that change is
+        # what the change started from.
+        first = within[0]
+        on_hand = first["on_hand_after"] - first["delta_on_hand"]
+        reserved = first["reserved_after"] - first["delta_reserved"]
+        opening = [
+            LevelPoint(
+                at=max(start, current["created_at"]),
+                version=first["version"] - 1,
+                on_hand=on_hand,
+                available=on_hand - reserved,
+            )
+        ]
+    elif changes:
+        pass  # made by its first change (same transaction): the series starts there
+    else:
+        # No history at all: the current level, since the variant was made.
+        level_since = current["created_at"]
+        opening = [_point(current, max(start, min(current["created_at"], end)))]
+    closing = _point(current, end)
+    return LevelSeries(
+        variant_id=variant_id,
+        start=start,
+        end=end,
+        points=[*opening, *changes, closing],
+        changes=len(changes),
+        level_since=None if changes else level_since,
+        truncated=truncated,
+    )
 
 
 def _attention(row: Any) -> AttentionRow:
@@ -226,9 +305,9 @@ def _attention(row: Any) -> AttentionRow:
     )
 
 
-def _point(row: Any) -> LevelPoint:
+def _point(row: Any, at: datetime) -> LevelPoint:
     return LevelPoint(
-        at=row["created_at"],
+        at=at,
         version=row["version"],
         on_hand=row["on_hand_after"],
         available=row["on_hand_after"] - row["reserved_after"],

@@ -325,8 +325,9 @@ async def level_series(
     variant_id: VariantId,
     hours: Annotated[int, Query(ge=1, le=24 * 366)] = 24,
 ) -> JSONResponse:
-    """On hand and available after each change over the last `hours`, from the audit log
-    (at most SERIES_LIMIT changes: the latest), for the variant page's chart."""
+    """On hand and available over the last `hours` as a step function, for the variant
+    page's chart: the level at the window's start, each change in the window (at most
+    SERIES_LIMIT: the latest), and the current level at its end."""
     end = datetime.now(UTC)
     start = end - timedelta(hours=hours)
     series = await _retrying(
@@ -337,6 +338,8 @@ async def level_series(
             "variantId": series.variant_id,
             "from": series.start.isoformat(),
             "to": series.end.isoformat(),
+            "changes": series.changes,
+            "levelSince": None if series.level_since is None else series.level_since.isoformat(),
             "truncated": series.truncated,
             "limit": SERIES_LIMIT,
             "points": [

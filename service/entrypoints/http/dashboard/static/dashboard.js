@@ -402,13 +402,25 @@
     });
   }
 
-  // The chart: on hand and available after each change of the window (Chart.js).
+  // The chart: on hand and available over the window as a step function (Chart.js). The
+  // server sends the level at the window's start, each change, and the current level at
+  // its end; a stepped line ("before": the level moves AT each change's time) draws it.
   let chart = null;
   let chartTimer = null;
 
   function chartSoon() {
     if (chartTimer) return;
     chartTimer = window.setTimeout(function () { chartTimer = null; drawChart(); }, 1000);
+  }
+
+  /** The caption: how many changes the window holds, or since when the level holds. */
+  function chartCaption(series) {
+    if (series.changes === 0) {
+      return "No change in the window; the level is as of " +
+        (series.levelSince ? new Date(series.levelSince).toLocaleString() : "its creation") + ".";
+    }
+    return series.changes + (series.changes === 1 ? " change" : " changes") + " in the window" +
+      (series.truncated ? " (the latest " + series.limit + " only)" : "") + ".";
   }
 
   async function drawChart() {
@@ -426,20 +438,21 @@
     const from = Date.parse(series.from), to = Date.parse(series.to);
     const onHand = [], available = [];
     series.points.forEach(function (point) {
-      const t = Math.max(Date.parse(point.t), from); // the state at the window's start
+      const t = Date.parse(point.t);
       onHand.push({ x: t, y: point.onHand });
       available.push({ x: t, y: point.available });
     });
-    if (onHand.length) { // held until now
-      onHand.push({ x: to, y: onHand[onHand.length - 1].y });
-      available.push({ x: to, y: available[available.length - 1].y });
-    }
-    note.textContent = (series.points.length ? series.points.length + " points" : "No change in this window") +
-      (series.truncated ? " (the latest " + series.limit + " changes only)" : "") + ".";
+    note.textContent = chartCaption(series);
+    // A dot on each change only: the level at the start (unless the series was cut to
+    // its latest changes and starts at one) and the current level at the end are not.
+    const radius = function (context) {
+      const opening = !series.truncated && context.dataIndex === 0;
+      return opening || context.dataIndex === context.dataset.data.length - 1 ? 0 : 2;
+    };
     const data = {
       datasets: [
-        { label: "On hand", data: onHand, stepped: true, borderColor: "#1f5fa8", backgroundColor: "#1f5fa8", pointRadius: 2 },
-        { label: "Available", data: available, stepped: true, borderColor: "#c0502a", backgroundColor: "#c0502a", pointRadius: 2 },
+        { label: "On hand", data: onHand, stepped: "before", borderColor: "#1f5fa8", backgroundColor: "#1f5fa8", pointRadius: radius },
+        { label: "Available", data: available, stepped: "before", borderColor: "#c0502a", backgroundColor: "#c0502a", pointRadius: radius },
       ],
     };
     if (chart) {
