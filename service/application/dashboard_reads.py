@@ -143,35 +143,24 @@ _OPEN_COUNTS = text(
 )
 
 #: Versions order a variant's changes (created_at is the transaction's start, which
-#: a lock-waiting transaction may have taken before the one it waited for). Both audit
-#: parts are ranges of the index audit_log_variant_version (variant_id, version), read
-#: backwards from the newest version: `before` stops at the first row at or before the
-#: start, `within` takes the versions after it (so `within` never walks the variant's
-#: older history). The variants row is the current level, from the same snapshot.
+#: a lock-waiting transaction may have taken before the one it waited for). The audit
+#: part is one range of the index audit_log_variant_version (variant_id, version), read
+#: backwards from the newest version and bounded: the window's changes (at most the
+#: limit, plus one to know it cut), the row at or before the start, plus one when there
+#: is no such row among them. A window of a busy variant costs the limit, not its whole
+#: history. The variants row is the current level, from the same snapshot.
 _SERIES = text(
     """
-    WITH variant AS (
-        SELECT on_hand, reserved, version, created_at FROM variants WHERE variant_id = :variant_id
-    ),
-    before AS (
-        SELECT created_at, version, on_hand_after, reserved_after FROM audit_log
-        WHERE variant_id = :variant_id AND created_at <= :start
-        ORDER BY version DESC LIMIT 1
-    ),
-    within AS (
-        SELECT created_at, version, on_hand_after, reserved_after,
-               delta_on_hand, delta_reserved
-        FROM audit_log
-        WHERE variant_id = :variant_id
-          AND version > COALESCE((SELECT version FROM before), -1)
-        ORDER BY version DESC LIMIT :limit_plus_one
-    )
     SELECT 'variant' AS part, created_at, version, on_hand AS on_hand_after,
            reserved AS reserved_after, NULL::bigint AS delta_on_hand,
            NULL::bigint AS delta_reserved
-    FROM variant
-    UNION ALL SELECT 'before', b.*, NULL, NULL FROM before AS b
-    UNION ALL SELECT 'within', w.* FROM within AS w
+    FROM variants WHERE variant_id = :variant_id
+    UNION ALL (
+        SELECT 'audit', created_at, version, on_hand_after, reserved_after,
+               delta_on_hand, delta_reserved
+        FROM audit_log WHERE variant_id = :variant_id
+        ORDER BY version DESC LIMIT :limit_plus_two
+    )
     """
 )
 
@@ -219,17 +208,26 @@ class DashboardReads:
     ) -> LevelSeries:
         """The variant's on hand and available over [start, end] as a step function,
         from the audit log and its current row (one statement)."""
-        params = {"variant_id": variant_id, "start": start, "limit_plus_one": limit + 1}
+        params = {"variant_id": variant_id, "limit_plus_two": limit + 2}
         async with self.engine.connect() as conn:
             rows = [row._mapping for row in await conn.execute(_SERIES, params)]
         current = next((row for row in rows if row["part"] == "variant"), None)
         if current is None:
             raise UnknownVariant(variant_id)
-        before = next((row for row in rows if row["part"] == "before"), None)
-        within = sorted(
-            (row for row in rows if row["part"] == "within"), key=lambda row: row["version"]
+        newest_first = sorted(
+            (row for row in rows if row["part"] == "audit"), key=lambda row: -row["version"]
         )
+        before, within = _split_at(newest_first, start)
         return _step_series(variant_id, start, end, current, before, within, limit)
+
+
+def _split_at(newest_first: list[Any], start: datetime) -> tuple[Any | None, list[Any]]:
+    """The last change at or before `start` (the highest version stamped then: every
+    later version is in the window) and the changes after it, oldest first."""
+    for index, row in enumerate(newest_first):
+        if row["created_at"] <= start:
+            return row, newest_first[:index][::-1]
+    return None, newest_first[::-1]
 
 
 def _step_series(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from service.application.dashboard_reads import LevelPoint, _step_series
+from service.application.dashboard_reads import LevelPoint, _split_at, _step_series
 
 END = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 START = END - timedelta(hours=24)
@@ -94,3 +94,13 @@ def test_a_change_stamped_before_the_one_it_waited_for_is_not_drawn_back_in_time
     series = _step_series("v", START, END, row(START, 3, 14, 0), row(START, 1, 10, 0), within,
                           limit=10)
     assert levels(series.points) == [(START, 10, 10), (t2, 9, 9), (t2, 14, 14), (END, 14, 14)]
+
+
+def test_the_newest_rows_split_at_the_last_one_stamped_at_or_before_the_start() -> None:
+    v1, v2 = row(START - timedelta(hours=2), 1, 1, 0), row(START, 2, 2, 0)
+    v3 = row(START + timedelta(seconds=2), 3, 3, 0)
+    v4 = row(START + timedelta(seconds=1), 4, 4, 0)  # stamped before v3: still after START
+    assert _split_at([v4, v3, v2, v1], START) == (v2, [v3, v4])
+    assert _split_at([v4, v3], START) == (None, [v3, v4])
+    assert _split_at([v2, v1], START) == (v2, [])
+    assert _split_at([], START) == (None, [])
