@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream import AckPolicy, Context
 from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker
@@ -280,8 +281,7 @@ class Worker:
             await ensure_topics(self.settings)
         if self._relay or self.settings.outbox_fast_path:
             self.starting = f"connecting the outbox relay to {broker_at}"
-            self.producer = create_producer(self.settings)
-            await self.producer.start()
+            await self._start_producer()
         if self.settings.outbox_fast_path:
             self.fast_publisher = fast_publish.FastPublisher(
                 self.engine, self.producer, self.settings
@@ -301,7 +301,7 @@ class Worker:
             self._tasks.append(asyncio.create_task(self.scheduler.run_forever(), name="jobs"))
         group = self.settings.kafka_group_id
         self.starting = f"joining the consumer group {group!r} on {broker_at}"
-        await self.broker.start()
+        await self._join_group()
         self.starting = "started"
         log.info(
             "worker consuming %s as group %r from %s",
@@ -309,6 +309,42 @@ class Worker:
             self.settings.kafka_group_id,
             self.settings.kafka_bootstrap_servers,
         )
+
+    # The broker may go away between the start-up wait and the next connection (a
+    # worker restarted just before an outage): each connection waits for it again, as
+    # `wait_for_broker` does, rather than exit and start a restart loop.
+
+    async def _start_producer(self) -> None:
+        while True:
+            self.producer = create_producer(self.settings)
+            try:
+                await self.producer.start()
+                return
+            except KafkaConnectionError as error:
+                broker_watch.failed(f"connecting the outbox relay: {describe(error)}", probe=False)
+                with contextlib.suppress(KafkaError, OSError):
+                    await self.producer.stop()
+                self.producer = None
+            await self._wait_for_broker_again()
+
+    async def _join_group(self) -> None:
+        while True:
+            try:
+                await self.broker.start()
+                return
+            except KafkaConnectionError as error:
+                broker_watch.failed(f"joining the consumer group: {describe(error)}", probe=False)
+                # Closes what the failed start opened (FastStream's clients, the
+                # consumer), so the next start builds them afresh.
+                try:
+                    await self.broker.stop()
+                except Exception as stop_error:  # half-open clients: nothing to keep
+                    log.debug("closing the failed consumer start: %r", stop_error)
+            await self._wait_for_broker_again()
+
+    async def _wait_for_broker_again(self) -> None:
+        await asyncio.sleep(self.settings.retry_initial_backoff_seconds)
+        await wait_for_broker(self.settings)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops what started, safe after a start that failed or was cancelled half-way,
