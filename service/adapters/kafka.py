@@ -229,6 +229,10 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return parse_security(kafka_security(settings))
 
 
+#: Under Kafka's default message.max.bytes (1 MiB) with room for the batch's overhead.
+PRODUCER_BATCH_BYTES = 512 * 1024
+
+
 def create_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -236,6 +240,11 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=5,
+        # One record batch per partition per round, not aiokafka's 16 KiB ones: the relay
+        # and the fast path await each batch before the next for a partition (key
+        # order), so with small batches their rate is 16 KiB per broker round trip,
+        # and a slower broker (tansu as its memory grows) let the outbox fall behind.
+        max_batch_size=PRODUCER_BATCH_BYTES,
         **kafka_client_options(settings),
     )
 
