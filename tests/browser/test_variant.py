@@ -103,21 +103,34 @@ async def test_the_variant_page_shows_the_trail_the_chart_and_the_policy(
     assert await reason.locator("script, img, b").count() == 0
     assert await page.evaluate("window.pwned") is None
 
-    # The chart: on hand and available after each change of the window (Chart.js).
+    # The chart: on hand and available over the window as a step function (Chart.js):
+    # each change of the window (the variant was made by the first), then the current
+    # level held until now, the window's end; the level moves AT each change's time.
     await page.wait_for_function(
         "() => { const chart = window.Chart && Chart.getChart('level-chart');"
         " return chart && chart.data.datasets[0].data.length > 20; }"
     )
-    points = await page.evaluate(
-        "Chart.getChart(document.getElementById('level-chart')).data.datasets.map("
-        "d => d.data.map(p => p.y))"
+    chart = await page.evaluate(
+        "(() => { const chart = Chart.getChart(document.getElementById('level-chart'));"
+        " return { y: chart.data.datasets.map(d => d.data.map(p => p.y)),"
+        " x: chart.data.datasets[0].data.map(p => p.x),"
+        " stepped: chart.data.datasets.map(d => d.stepped),"
+        " end: chart.options.scales.x.max }; })()"
     )
+    points = chart["y"]
     assert points[0][:3] == [10, 12, 20]  # on hand: the catalogue's 10, +2, set to 20
-    assert points[0][-1] == 43 and points[1][-1] == 43
+    assert len(points[0]) == 26 + 1  # 26 changes, then the level now
+    assert points[0][-2:] == [43, 43] and points[1][-2:] == [43, 43]
+    assert chart["x"][-1] == chart["end"]  # held until the window's end
+    assert chart["x"] == sorted(chart["x"])
+    assert chart["stepped"] == ["before", "before"]
+    note = page.locator("#chart-note")
+    assert await note.text_content() == "26 changes in the window."
     await page.select_option("#chart-window", "1")
     await page.wait_for_function(
         "() => document.getElementById('chart-note').textContent !== ''"
     )
+    assert await note.text_content() == "26 changes in the window."
 
     # The policy: set a reorder point with the form, and the levels show it in effect.
     await page.fill("#policy-reorderPoint", "50")
