@@ -73,9 +73,9 @@ class ScenarioResult:
     duplicates_seen: int = 0
     #: Armed crash points the run ended without reaching (no traffic left for them).
     crash_points_unreached: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
     #: Each exit the suite did not cause: worker, status, last lines of its log.
     unexpected_exit_details: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def redelivered(self) -> int:
@@ -419,7 +419,7 @@ async def run_scenario(stack: Stack, scenario: Scenario, seed: int) -> ScenarioR
         int(pool.duplicates_seen),
         pool.armed_crashes_left(),
         workload.counts,
-        [e.describe() for e in pool.unexpected_exits()],
+        unexpected_exit_details=[e.describe() for e in pool.unexpected_exits()],
     )
 
 
