@@ -11,7 +11,8 @@ For `make bench` (bench/run.py calls it):
 returns {"clients", "seconds", "checkouts_per_second", "alone": PHASE,
 "with_kafka": PHASE, "alone_without_group_commit": PHASE (if `baseline`), "checks"},
 where PHASE is {"requests", "rate" (requests/s), "p50_ms", "p95_ms", "p99_ms",
-"max_ms", "errors", "statuses", "api_cpu_ms_per_request", "mean_group_size"}; with
+"max_ms", "errors", "statuses", "api_cpu_ms_per_request", "mean_group_size", "gc_full_collections",
+"gc_full_pause_ms"}; with
 Kafka also "kafka_events_applied_per_second" (what the worker consumed meanwhile).
 
 One `stock run` process (API, consumer, relay and sweeper in one event loop, as a new
@@ -191,16 +192,25 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-async def _group_sizes(port: int) -> tuple[float, float]:
-    """Sum and count of stock_group_commit_size{operation="reserve"} from /metrics."""
+async def _scrape(port: int) -> dict[str, float]:
+    """From /metrics: sum and count of stock_group_commit_size{operation="reserve"}, and
+    of stock_gc_pause_seconds by generation (the collector's pauses)."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
         text = (await http.get("/metrics")).text
-    found = {"sum": 0.0, "count": 0.0}
+    wanted = {
+        f'stock_group_commit_size_{part}{{operation="reserve"}}': f"group_{part}"
+        for part in ("sum", "count")
+    } | {
+        f'stock_gc_pause_seconds_{part}{{generation="{generation}"}}': f"gc{generation}_{part}"
+        for part in ("sum", "count")
+        for generation in (0, 1, 2)
+    }
+    found = dict.fromkeys(wanted.values(), 0.0)
     for line in text.splitlines():
-        for part in found:
-            if line.startswith(f'stock_group_commit_size_{part}{{operation="reserve"}}'):
-                found[part] = float(line.rsplit(" ", 1)[1])
-    return found["sum"], found["count"]
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            found[wanted[name]] = float(value)
+    return found
 
 
 async def _applied(conn: asyncpg.Connection) -> int:
@@ -240,7 +250,7 @@ async def _load(
     process's CPU time per request over the whole load (warm-up included, a steadier
     figure than the rate on a shared machine) and the mean group size."""
     cpu_before = _cpu_seconds(api.process.pid)
-    sizes_before = await _group_sizes(api.port)
+    scraped_before = await _scrape(api.port)
     loader = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -262,12 +272,18 @@ async def _load(
     if loader.returncode != 0:
         raise RuntimeError(f"the load process failed ({loader.returncode})")
     cpu = _cpu_seconds(api.process.pid) - cpu_before
-    sizes_after = await _group_sizes(api.port)
-    sizes = [after - before for after, before in zip(sizes_after, sizes_before, strict=True)]
+    scraped = await _scrape(api.port)
+    delta = {name: scraped[name] - scraped_before[name] for name in scraped}
     figures: dict[str, Any] = json.loads(out)
     sent = figures.pop("sent")
     figures["api_cpu_ms_per_request"] = round(cpu * 1000 / max(sent, 1), 3)
-    figures["mean_group_size"] = round(sizes[0] / sizes[1], 1) if sizes[1] else None
+    figures["mean_group_size"] = (
+        round(delta["group_sum"] / delta["group_count"], 1) if delta["group_count"] else None
+    )
+    # The collector's full collections during the load: how many, and the time the
+    # event loop stood still for them (each answer in flight waited that long).
+    figures["gc_full_collections"] = int(delta["gc2_count"])
+    figures["gc_full_pause_ms"] = round(delta["gc2_sum"] * 1000, 1)
     return figures
 
 

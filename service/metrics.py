@@ -69,6 +69,12 @@ HTTP_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+GC_PAUSE_SECONDS = Histogram(
+    "stock_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector (the event loop stands still), by generation.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 GROUP_COMMIT_SIZE = Histogram(
     "stock_group_commit_size",
     "Requests per shared transaction of reserve, confirm-sale and release (group commit).",

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from service import collector
 from service.adapters.database import (
     create_engine,
     database_outage,
@@ -43,6 +44,7 @@ def run(main: Coroutine[Any, Any, None], settings: Settings) -> None:
 
     uvloop by default: the same worker spends less CPU per event in the loop itself
     (docs/design.md, "Consume loop and cost per event", measured both ways)."""
+    collector.observe_pauses()
     if settings.event_loop == "uvloop":
         try:
             import uvloop
@@ -187,6 +189,7 @@ async def run_until_signalled(
         await asyncio.wait({starting_task, signal_wait}, return_when=asyncio.FIRST_COMPLETED)
         if starting_task.done():
             starting_task.result()  # what the start raised, if it failed
+            collector.freeze_what_started()
             await signal_wait
             log.info("stopping (%s): finishing the work in hand, then committing", received[0])
         else:
