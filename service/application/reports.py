@@ -28,6 +28,7 @@ a variant's history row by row in Python.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Iterable, Sequence
@@ -1173,7 +1174,11 @@ async def write_report(
 
     report = await gather(engine, settings, kind, at)
     directory = report_directory(out if out is not None else settings.reports_dir, report.period)
-    files = render(report, directory)
+    # Drawing the charts is seconds of CPU (and the first import of matplotlib): in a
+    # thread, so the process's event loop keeps consuming, answering and publishing
+    # meanwhile (it stood still for up to 9 s each time the reports job ran in a
+    # worker). report_render draws on its own Agg canvases, no pyplot state.
+    files = await asyncio.to_thread(render, report, directory)
     files = {"directory": str(directory.resolve()), "host": socket.gethostname(), **files}
     async with engine.begin() as conn:
         await conn.execute(

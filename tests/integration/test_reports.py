@@ -137,6 +137,28 @@ async def test_each_kind_on_an_empty_database(engine, report_settings, tmp_path)
             assert (written.directory / name).read_text().count("\n") >= 1
 
 
+async def test_the_charts_are_drawn_off_the_event_loop(
+    engine, report_settings, monkeypatch
+) -> None:
+    """Drawing is seconds of CPU: on the loop's thread it stopped a worker's consuming
+    and publishing for as long (the soak's first minute, docs/soak.md)."""
+    import threading
+
+    from service.application import report_render
+
+    drawn_on: list[threading.Thread] = []
+    draw = report_render.render
+
+    def recording_render(*args, **kwargs):
+        drawn_on.append(threading.current_thread())
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(report_render, "render", recording_render)
+    written = await write_report(engine, report_settings, "daily")
+    assert drawn_on and drawn_on[0] is not threading.main_thread()
+    assert written.files["charts"], "the charts were still drawn"
+
+
 async def test_a_time_in_the_future_is_refused(engine, report_settings) -> None:
     later = await now_of(engine) + timedelta(hours=1)
     with pytest.raises(InvalidReportTime):
