@@ -56,6 +56,8 @@ log = logging.getLogger("bench.soak")
 CATALOGUE = Scenario("soak", "soak", 10_000, 1_000_000, 0)
 #: Orders published up front to measure the maximum rate (when --rate is not given).
 RATE_ORDERS = 15_000
+#: Orders drained before a soak at a given --rate starts (the worker warm and joined).
+WARM_UP_ORDERS = 200
 #: Tables sampled (each: pg_table_size and pg_indexes_size).
 TABLES = ("variants", "orders", "order_lines", "audit_log", "outbox", "processed_events")
 
@@ -70,6 +72,11 @@ def soak_settings(url: str, stack: Stack, run: str, reports_dir: str) -> Setting
     minute_h = 1 / 60
     return bench_settings(url, stack, run).model_copy(
         update={
+            # One worker reads every partition anyway; one partition a topic makes
+            # each commit's answers one record batch a topic instead of one a
+            # partition, and tansu's fetches cost more with every batch a partition
+            # holds (docs/soak.md): over half an hour, that cost was the latency.
+            "kafka_topic_partitions": 1,
             "jobs_enabled": True,
             "job_prune_interval_hours": 3 * minute_h,
             "job_rollup_interval_hours": 5 * minute_h,
@@ -94,6 +101,7 @@ class Sample:
     minute: float
     rss_mb: float
     checkouts: int
+    #: From the checkout's send to the worker's send of its answer (the worker's part).
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -101,6 +109,9 @@ class Sample:
     outbox_backlog: int
     #: Checkouts sent by now (the producer's count) not answered yet: the queue.
     lag_events: int = 0
+    #: To the moment the reader held the answer (the broker's delivery included).
+    read_p50_ms: float = float("nan")
+    read_p99_ms: float = float("nan")
     table_mb: dict[str, float] = field(default_factory=dict)
     index_mb: dict[str, float] = field(default_factory=dict)
 
@@ -162,7 +173,16 @@ async def run_soak(
                     rate = max_rate * rate_share
                     log.info("soak: maximum %.0f events/s; soaking at %.0f", max_rate, rate)
                 else:
+                    # A few orders drained first, so the soak's first minute does not
+                    # time the worker's start and group join (seconds on tansu).
+                    events = build_events(
+                        SCENARIOS["uniform"].scaled(WARM_UP_ORDERS / 40_000),
+                        settings,
+                        run=f"{run}w",
+                    )
+                    await publish_up_front(stack.bootstrap, events)
                     processes.append(_start(settings, ["run", "--no-api"], "soak"))
+                    await _drain(conn, processes, len(events))
                 worker = processes[0]
                 jobs_seen: dict[str, set[str]] = {}
                 result = await _soak(
@@ -240,7 +260,7 @@ async def _soak(
             now = time.monotonic()
             if samples and now - window_start < sample_seconds / 2:
                 break  # the load ended just after a sample: no window of its own
-            latencies, offset = _new_latencies(answers, offset, window_start, now)
+            latencies, read, offset = _new_latencies(answers, offset, time.time())
             answered_total += len(latencies)
             applied, db_since = await _applied_since(conn, db_since)
             samples.append(
@@ -252,14 +272,18 @@ async def _soak(
                     applied / max(now - window_start, 1e-6),
                 )
             )
+            read.sort()
+            samples[-1].read_p50_ms, samples[-1].read_p99_ms = _pct(read, 50), _pct(read, 99)
             samples[-1].lag_events = max(_sent_so_far(progress) - answered_total, 0)
             log.info(
-                "soak minute %.1f: RSS %.0f MB, p50 %.0f p99 %.0f ms, %.0f events/s, "
-                "outbox backlog %d, lag %d",
+                "soak minute %.1f: RSS %.0f MB, answer published p50 %.0f p99 %.0f ms "
+                "(read p50 %.0f p99 %.0f ms), %.0f events/s, outbox backlog %d, lag %d",
                 samples[-1].minute,
                 samples[-1].rss_mb,
                 samples[-1].p50_ms,
                 samples[-1].p99_ms,
+                samples[-1].read_p50_ms,
+                samples[-1].read_p99_ms,
                 samples[-1].applied_per_s,
                 samples[-1].outbox_backlog,
                 samples[-1].lag_events,
@@ -310,22 +334,26 @@ def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
         _end(process)
 
 
-def _new_latencies(path: Path, offset: int, since: float, until: float) -> tuple[list[float], int]:
-    """Latencies of the answers read since `offset`; those of checkouts sent in
-    [since, until) count for this window (an answer to an earlier send is late, and
-    counts too: it belongs to no later window)."""
+def _new_latencies(
+    path: Path, offset: int, until: float
+) -> tuple[list[float], list[float], int]:
+    """Latencies (published, read) of the answers read since `offset`; those of
+    checkouts sent before `until` (the wall clock, as the order ids carry) count for
+    this window (an answer to an earlier send is late, and counts too: it belongs to no
+    later window)."""
     if not path.exists():
-        return [], offset
+        return [], [], offset
     with open(path, "rb") as f:
         f.seek(offset)
         chunk = f.read()
     end = chunk.rfind(b"\n") + 1  # a line half written waits for the next window
-    latencies = []
+    published, read = [], []
     for line in chunk[:end].splitlines():
-        sent, latency = line.split()
+        sent, to_publish, to_read = line.split()
         if float(sent) < until:
-            latencies.append(float(latency))
-    return latencies, offset + end
+            published.append(float(to_publish))
+            read.append(float(to_read))
+    return published, read, offset + end
 
 
 async def _applied_since(conn: asyncpg.Connection, since: Any) -> tuple[int, Any]:
@@ -479,9 +507,11 @@ def series(result: SoakResult) -> dict[str, tuple[str, list[float]]]:
     """Every sampled series by name: (kind, values)."""
     out: dict[str, tuple[str, list[float]]] = {
         "worker RSS (MB)": ("rss", [s.rss_mb for s in result.samples]),
-        "answer p50 (ms)": ("latency", [s.p50_ms for s in result.samples]),
-        "answer p95 (ms)": ("latency", [s.p95_ms for s in result.samples]),
-        "answer p99 (ms)": ("latency", [s.p99_ms for s in result.samples]),
+        "answer published p50 (ms)": ("latency", [s.p50_ms for s in result.samples]),
+        "answer published p95 (ms)": ("latency", [s.p95_ms for s in result.samples]),
+        "answer published p99 (ms)": ("latency", [s.p99_ms for s in result.samples]),
+        "answer read p50 (ms)": ("latency", [s.read_p50_ms for s in result.samples]),
+        "answer read p99 (ms)": ("latency", [s.read_p99_ms for s in result.samples]),
         "events applied/s": ("rate", [s.applied_per_s for s in result.samples]),
         "outbox backlog (rows)": ("backlog", [float(s.outbox_backlog) for s in result.samples]),
         "checkouts sent, not answered": ("backlog", [float(s.lag_events) for s in result.samples]),
@@ -586,14 +616,19 @@ def write_soak_report(result: SoakResult, path: Path, plot: Path | None) -> None
         "",
         "## Per sample",
         "",
-        "| minute | RSS MB | checkouts timed | p50 | p95 | p99 ms | events/s | queue | outbox "
-        "backlog | audit_log MB (+idx) | outbox MB (+idx) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "Latency: *published* from the checkout's send to the worker's send of its answer;"
+        " *read* to the moment the reader held it (the broker's delivery included).",
+        "",
+        "| minute | RSS MB | checkouts timed | published p50 | p95 | p99 ms | read p50 | "
+        "p99 ms | events/s | queue | outbox backlog | audit_log MB (+idx) | outbox MB (+idx) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for s in s0:
         lines.append(
             f"| {s.minute:.1f} | {s.rss_mb:.0f} | {s.checkouts:,} | {s.p50_ms:.0f} "
-            f"| {s.p95_ms:.0f} | {s.p99_ms:.0f} | {s.applied_per_s:,.0f} | {s.lag_events:,} "
+            f"| {s.p95_ms:.0f} | {s.p99_ms:.0f} | {s.read_p50_ms:.0f} | {s.read_p99_ms:.0f} "
+            f"| {s.applied_per_s:,.0f} | {s.lag_events:,} "
             f"| {s.outbox_backlog:,} "
             f"| {s.table_mb.get('audit_log', 0):.1f} (+{s.index_mb.get('audit_log', 0):.1f}) "
             f"| {s.table_mb.get('outbox', 0):.1f} (+{s.index_mb.get('outbox', 0):.1f}) |"
@@ -705,7 +740,8 @@ def write_soak_plot(result: SoakResult, path: Path) -> bool:
     rss.set(title="worker RSS", ylabel="MB")
     for name, attr in (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms")):
         lat.plot(minutes, [getattr(s, attr) for s in result.samples], "o-", label=name)
-    lat.set(title="checkout answer latency per sample", ylabel="ms")
+    lat.plot(minutes, [s.read_p99_ms for s in result.samples], "x:", label="p99 read")
+    lat.set(title="checkout answer published (read: dotted), per sample", ylabel="ms")
     lat.legend()
     rate.plot(minutes, [s.applied_per_s for s in result.samples], "o-")
     rate.set(title="events applied per second", ylabel="events/s")

@@ -2,7 +2,7 @@
 times every checkout's answer.
 
     python -m bench.soak_load produce --bootstrap B --topics JSON --rate R --seconds S \
-        --variants N --prefix P
+        --variants N --prefix P [--linger-ms 5]
     python -m bench.soak_load read --bootstrap B --topic T --prefix P --out F --ready F
 
 The producer sends `rate` events a second: checkouts (80% one line, 15% two, 5% three:
@@ -13,9 +13,26 @@ few seconds each order's next step, drawn per order:
     10% payment fails (payment.failed); 10% cancelled before paying (order.cancelled);
     10% hold for 3 s and never pay (the sweep expires them).
 
-Each checkout's order id carries its send time (CLOCK_MONOTONIC, µs), so the reader
-process times the answer without a file of send times: it appends `sent_s latency_ms`
-per decided checkout, which the harness reads minute by minute.
+Each checkout's order id carries its send time (the wall clock, µs: the worker's
+producer stamps its records with the wall clock too), so the reader process times the
+answer without a file of send times. Per decided checkout it appends `sent_s
+published_ms read_ms`, which the harness reads minute by minute:
+
+- *published*: from the checkout's send to the worker's send of its answer (the
+  answer record's timestamp, which the worker's producer sets when it builds the
+  batch, right after the commit): the worker's part, whatever the broker does next;
+- *read*: to the moment this reader holds the answer, the broker's delivery included.
+
+On tansu the two part ways over a long run: its in-memory engine's fetches cost more
+with every record batch a partition holds (docs/soak.md), so the reader falls behind
+while the worker does not. The reader starts at the beginning of the answer topic (a
+fresh one per run): tansu's ListOffsets can answer an end past the last record, and a
+reader placed there misses the first answers for good.
+
+The producer lingers `--linger-ms` (20) before it sends a partition's batch: at 2 ms
+every tick was a batch per partition, and each batch tansu holds makes every later
+fetch of its partition dearer (a shop's producer lingers too: librdkafka 5 ms, the Java
+client 5 ms since Kafka 4.0). It adds up to 20 ms to both latencies.
 """
 
 from __future__ import annotations
@@ -37,7 +54,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from stock_schemas.envelope import EventType, build_event
 
-from bench.probe import READER_FETCH_WAIT_MS, TICK_SECONDS
+from bench.probe import TICK_SECONDS
 from bench.workload import BENCH_SOURCE, variant_id
 
 _ORDER = itertools.count()  # ties in the queue broken by insertion, never by the dicts
@@ -45,6 +62,10 @@ _ORDER = itertools.count()  # ties in the queue broken by insertion, never by th
 #: Events per order on average: the checkout, 0.9 next steps, 0.05 returns.
 EVENTS_PER_ORDER = 1.95
 _DECIDED = frozenset({"RESERVED", "REJECTED"})
+#: The reader's fetch wait: 100 ms, not the probe's 10 (tansu holds an empty fetch for
+#: the whole wait, so this adds up to 100 ms to the *read* latency only; at 10 ms its
+#: hundred fetches a second were a fair share of the broker's CPU over a long run).
+READER_FETCH_WAIT_MS = 100
 
 
 def _envelope(kind: EventType, data: dict[str, object]) -> bytes:
@@ -59,7 +80,10 @@ async def _produce(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     producer = AIOKafkaProducer(
-        bootstrap_servers=args.bootstrap, linger_ms=2, enable_idempotence=False, acks=1
+        bootstrap_servers=args.bootstrap,
+        linger_ms=args.linger_ms,
+        enable_idempotence=False,
+        acks=1,
     )
     await producer.start()
     follow_ups: list[tuple[float, int, EventType, str, dict[str, object]]] = []
@@ -82,7 +106,7 @@ async def _produce(args: argparse.Namespace) -> None:
                     await producer.send(topics[kind], _envelope(kind, data), key=order_id.encode())
                 else:
                     stamp = time.monotonic()
-                    order_id = f"{args.prefix}{orders}-{int(stamp * 1e6)}"
+                    order_id = f"{args.prefix}{orders}-{int(time.time() * 1e6)}"
                     orders += 1
                     picks = rng.sample(range(args.variants), rng.choices((1, 2, 3), (80, 15, 5))[0])
                     data: dict[str, object] = {
@@ -161,7 +185,7 @@ async def _read(args: argparse.Namespace) -> None:
             for p in sorted(reader.partitions_for_topic(args.topic) or ())
         ]
         reader.assign(partitions)
-        await reader.seek_to_end(*partitions)
+        await reader.seek_to_beginning(*partitions)
         for tp in partitions:
             await reader.position(tp)
         Path(args.ready).touch()  # noqa: ASYNC240 (once, before anything is timed)
@@ -170,7 +194,7 @@ async def _read(args: argparse.Namespace) -> None:
             # An orphan (the harness killed outright) stops instead of reading for ever.
             while not stop.is_set() and os.getppid() == parent:
                 batches = await reader.getmany(timeout_ms=100)
-                arrived = time.monotonic()
+                arrived = time.time()
                 lines = []
                 for records in batches.values():
                     for record in records:
@@ -184,7 +208,8 @@ async def _read(args: argparse.Namespace) -> None:
                             continue
                         seen.add(order_id)
                         sent = int(order_id.rsplit("-", 1)[1]) / 1e6
-                        lines.append(f"{sent:.3f} {(arrived - sent) * 1000:.2f}\n")
+                        published = record.timestamp - sent * 1000
+                        lines.append(f"{sent:.3f} {published:.2f} {(arrived - sent) * 1000:.2f}\n")
                 if lines:
                     out.writelines(lines)
                     out.flush()
@@ -206,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     produce.add_argument("--variants", type=int, required=True)
     produce.add_argument("--prefix", required=True)
     produce.add_argument("--progress", help="a file the count of checkouts sent is kept in")
+    produce.add_argument("--linger-ms", type=int, default=20)
     read = sub.add_parser("read")
     read.add_argument("--bootstrap", required=True)
     read.add_argument("--topic", required=True)
