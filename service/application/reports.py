@@ -1174,10 +1174,10 @@ async def write_report(
 
     report = await gather(engine, settings, kind, at)
     directory = report_directory(out if out is not None else settings.reports_dir, report.period)
-    # Drawing the charts is seconds of CPU (and the first import of matplotlib): in a
-    # thread, so the process's event loop keeps consuming, answering and publishing
-    # meanwhile (it stood still for up to 9 s each time the reports job ran in a
-    # worker). report_render draws on its own Agg canvases, no pyplot state.
+    # Drawing the charts (and the first import of matplotlib) is CPU work of a second
+    # or more: in a thread, so a worker's event loop keeps consuming, answering and
+    # publishing while its reports job runs. report_render draws on its own Agg
+    # canvases, with no pyplot state.
     files = await asyncio.to_thread(render, report, directory)
     files = {"directory": str(directory.resolve()), "host": socket.gethostname(), **files}
     async with engine.begin() as conn:

@@ -140,8 +140,8 @@ async def test_each_kind_on_an_empty_database(engine, report_settings, tmp_path)
 async def test_the_charts_are_drawn_off_the_event_loop(
     engine, report_settings, monkeypatch
 ) -> None:
-    """Drawing is seconds of CPU: on the loop's thread it stopped a worker's consuming
-    and publishing for as long (the soak's first minute, docs/soak.md)."""
+    """Drawing is CPU work of a second or more: on the loop's thread it would stop a
+    worker's consuming and publishing for as long."""
     import threading
 
     from service.application import report_render
