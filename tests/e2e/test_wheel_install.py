@@ -1,7 +1,8 @@
 """The worker as users install it (issue 10, item 1): its wheel, built from the files
 deploy/Dockerfile's builder stage copies, installed without the dev extra into a fresh
 virtualenv outside the checkout; from there `stock migrate` creates the schema of an
-empty database and `stock run` reserves stock for a checkout.
+empty database and `stock run` reserves stock for a checkout and serves the dashboard
+(its templates and static files are package data).
 
 Nothing of the checkout is on the installed process's path: cwd, PYTHONPATH and the
 interpreter are the new virtualenv's. pip fetches the dependencies (its cache makes
@@ -243,6 +244,17 @@ async def test_the_installed_stock_migrates_an_empty_database_and_reserves_a_che
             started = time.monotonic()
             await wait_until(ready, timeout=READY_SECONDS, what="the installed worker ready")
             print(f"stock run ready after {time.monotonic() - started:.1f}s")
+
+            # The dashboard's templates and static files are package data: served from
+            # the wheel, not from a checkout.
+            page = await http.get("/dashboard")
+            assert page.status_code == 200, page.text[:300]
+            assert page.headers["content-type"].startswith("text/html")
+            assert "/dashboard/static/htmx.min.js" in page.text
+            for name in ("htmx.min.js", "chart.umd.js", "dashboard.js", "dashboard.css"):
+                asset = await http.get(f"/dashboard/static/{name}")
+                assert asset.status_code == 200, f"{name}: {asset.status_code}"
+                assert len(asset.content) > 1000, name
 
         topic = worker_settings.topic_stock_reservation
         async with TopicReader(worker_settings.kafka_bootstrap_servers, [topic]) as reader:
