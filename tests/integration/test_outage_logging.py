@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.adapters.database import create_engine
 from service.application.admin import StockAdmin
-from service.devstack.servers import TansuBroker, free_port
 from service.settings import Settings
 from tests.e2e.helpers import send_events
 from tests.support.proxy import CuttableProxy
@@ -60,21 +58,6 @@ def _restock(settings: Settings, database_url: str, *variants: str) -> None:
             await engine.dispose()
 
     asyncio.run(go())
-
-
-@pytest.fixture
-def cuttable_broker() -> Iterator[tuple[ThreadedProxy, str]]:
-    """A tansu broker that every client reaches through a proxy (it advertises the
-    proxy's address): cutting the proxy takes the broker away from everyone."""
-    proxy_port = free_port()
-    broker = TansuBroker(advertised_port=proxy_port)
-    broker.start()
-    try:
-        proxy = CuttableProxy(tcp_target=("127.0.0.1", broker.port), port=proxy_port)
-        with ThreadedProxy(proxy) as threaded:
-            yield threaded, f"127.0.0.1:{proxy_port}"
-    finally:
-        broker.stop()
 
 
 def test_a_broker_outage_is_two_lines_and_a_stop_during_one_is_clean(

@@ -11,17 +11,14 @@ there to avoid. Real tansu behind a real TCP proxy, cut at the exact step.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from service.devstack.servers import TansuBroker, free_port
 from service.entrypoints import worker as worker_module
 from service.entrypoints.worker import Worker
 from service.settings import Settings
 from tests.e2e.helpers import assignment, processed_count, send_events, wait_until
-from tests.support.proxy import CuttableProxy
 from tests.support.records import checkout
 from tests.support.stock_process import ThreadedProxy
 
@@ -29,21 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
 #: How long the broker stays away once cut (long enough for several failed attempts).
 AWAY_SECONDS = 2.0
-
-
-@pytest.fixture
-def cuttable_broker() -> Iterator[tuple[ThreadedProxy, str]]:
-    """A tansu broker that every client reaches through a proxy (it advertises the
-    proxy's address): cutting the proxy takes the broker away from everyone."""
-    proxy_port = free_port()
-    broker = TansuBroker(advertised_port=proxy_port)
-    broker.start()
-    try:
-        proxy = CuttableProxy(tcp_target=("127.0.0.1", broker.port), port=proxy_port)
-        with ThreadedProxy(proxy) as threaded:
-            yield threaded, f"127.0.0.1:{proxy_port}"
-    finally:
-        broker.stop()
 
 
 class Outage:
