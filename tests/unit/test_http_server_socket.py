@@ -111,3 +111,14 @@ async def test_the_listening_socket_is_tcp() -> None:
         assert server._socket.proto == socket.IPPROTO_TCP
     finally:
         await server.stop()
+
+
+def test_requests_are_parsed_by_h11_even_where_httptools_is_installed() -> None:
+    """httptools answers a request line it refuses with uvicorn's own text/plain 400,
+    not the API's JSON error with a `code` (found by tests/e2e/test_api_fuzzing.py
+    with httptools installed); uvicorn's "auto" would take it whenever it is there."""
+    server = ApiServer(_app(), "127.0.0.1", 0)
+    config = server._server.config
+    assert config.http == "h11"
+    config.load()
+    assert config.http_protocol_class.__name__ == "H11Protocol"
