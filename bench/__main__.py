@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> int:
     from bench.extras import measure_extras
     from bench.report import (
+        python_speed,
         summary,
         write_curve_plot,
         write_figures,
@@ -88,6 +89,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.scale, args.naive_seconds, args.probe_seconds = 0.1, 5.0, 5.0
         args.http_seconds = 3.0
     names = args.scenario or list(SCENARIOS)
+    speed = python_speed()
     with running_stack(args.database_url, args.bootstrap_servers) as stack:
         results = asyncio.run(
             run_benchmarks(
@@ -130,6 +132,7 @@ def _bench(args: argparse.Namespace) -> int:
         plot if drew else None,
         extras=extras,
         curve_plot=curve_plot if drew_curve else None,
+        python_speed_ms=speed,
     )
     write_figures(results, args.out.with_suffix(".json"), extras)
     if write_scaling_figures(results, extras, args.out.with_name("scaling.md"), command):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,10 @@ def write_report(
     *,
     extras: Extras | None = None,
     curve_plot: Path | None = None,
+    python_speed_ms: float | None = None,
 ) -> None:
+    """`python_speed_ms`: `python_speed()` taken before the run, printed beside the
+    machine so runs on different machines (or a busy one) can be compared."""
     extras = extras or Extras(missing={"http": "not measured", "spans": "not measured"})
     by_name = {r.scenario.name: r for r in results}
     lines = [
@@ -53,7 +57,13 @@ def write_report(
         "comes from that one run on one machine; ratios compare measurements of the same run.",
         "",
         f"Machine: {_cpu_model()}, {os.cpu_count()} cores, {_memory_gb():.0f} GB RAM, "
-        f"Python {platform.python_version()}. PostgreSQL and the Kafka-protocol broker (tansu) "
+        f"Python {platform.python_version()}"
+        + (
+            f" (a plain Python loop: {python_speed_ms:.0f} ms per million turns before the run)"
+            if python_speed_ms
+            else ""
+        )
+        + ". PostgreSQL and the Kafka-protocol broker (tansu) "
         "run on the same machine as the workers, so they share its cores.",
         "",
         _settings_line(),
@@ -124,10 +134,12 @@ def write_report(
         "  published at a fixed rate by a producer process of their own (what is due is sent",
         "  every 2 ms); each is timed from its `send()` to the moment a SEPARATE reader",
         "  process (fetch wait 10 ms: tansu holds an empty fetch for the whole wait) holds",
-        "  its `stock.reservation` answer. Both stamp with CLOCK_MONOTONIC. Run against the",
-        "  uniform scenario's worker, warm, after its throughput was measured: the maximum",
-        "  rate is that worker's events/s in this run, and the curve's points are shares of",
-        "  it (in checkouts/s). This is how issue 14 measured `stock run` before.",
+        "  its `stock.reservation` answer. Both stamp with CLOCK_MONOTONIC. Run against a",
+        "  worker of the uniform scenario's catalogue, warmed by draining a tenth of the",
+        "  scenario, on a broker of its own (a fresh tansu: tansu slows with every record",
+        '  batch it holds, docs/design.md "Why tansu slows"). The maximum rate is the',
+        "  uniform worker's events/s in this run, and the curve's points are shares of it",
+        "  (in checkouts/s). This is how issue 14 measured `stock run` before.",
         "- **Latency (mixed events):** with the workers warm, a quarter as many orders",
         "  again (checkouts, payments, cancellations) are published at half the measured",
         "  rate from the harness's own process; each event is timed from its send to its",
@@ -306,6 +318,20 @@ def _settings_line() -> str:
         f"{s.batch_linger_ms} ms, fetch wait {s.kafka_fetch_max_wait_ms} ms, outbox batches "
         f"of {s.outbox_batch_size}, database pool {s.database_pool_size}."
     )
+
+
+def python_speed() -> float:
+    """Milliseconds a plain Python loop takes per million turns (best of 3): one figure
+    for how fast this machine runs the interpreter, to compare reports across machines
+    (docs/design.md, "Comparing runs")."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for turn in range(2_000_000):
+            total += turn
+        best = min(best, time.perf_counter() - started)
+    return best * 1000 / 2
 
 
 def _cpu_model() -> str:
@@ -492,9 +518,10 @@ def _curve_section(by_name: dict[str, ScenarioResult], curve_plot: Path | None) 
         "",
         "## The fixed-rate probe and the latency curve",
         "",
-        f"Against the uniform scenario's worker (maximum rate in this run: "
-        f"{uniform.worker.rate:,.0f} events/s), warm. One-line checkouts at a fixed rate from",
-        "a producer process; each answer read by a separate reader process (10 ms fetch wait).",
+        f"Against a warm worker of the uniform scenario's catalogue, on a broker of its own "
+        f"(maximum rate: the uniform worker's {uniform.worker.rate:,.0f} events/s in this run).",
+        "One-line checkouts at a fixed rate from a producer process; each answer read by a",
+        "separate reader process (10 ms fetch wait).",
         "",
         "| point | asked checkouts/s | sent/s | answered | p50 ms | p95 ms | p99 ms | max ms "
         "| last third / first third (p50) |",

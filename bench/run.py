@@ -18,6 +18,7 @@ from bench.probe import ProbeResult, fixed_rate_probe
 from bench.stack import (
     Stack,
     bench_settings,
+    broker_of_its_own,
     drop_database,
     fresh_database,
     load_catalogue,
@@ -38,8 +39,9 @@ class ScenarioResult:
     worker: WorkerRun
     naive_rate: float | None = None
     ceiling_rate: float | None = None
-    #: The fixed-rate probe against this scenario's warm worker: the latency curve
-    #: (shares of the maximum rate) and the fixed rates (2,000 checkouts/s).
+    #: The fixed-rate probe against a warm worker of the scenario's catalogue on a
+    #: broker of its own: the latency curve (shares of this scenario's maximum rate) and
+    #: the fixed rates (2,000 checkouts/s).
     probes: list[ProbeResult] = field(default_factory=list)
 
 
@@ -69,20 +71,14 @@ async def run_benchmarks(
         scenario = SCENARIOS[name] if scale == 1.0 else SCENARIOS[name].scaled(scale)
         run = uuid.uuid4().hex[:6]
         log.info("bench %s: %d orders, %d worker(s)", name, scenario.orders, scenario.workers)
-        probes: list[ProbeResult] = []
         measured = await measure_worker(
-            stack,
-            scenario,
-            run,
-            latency_rate=latency_rate,
-            relay_apart=relay_apart,
-            while_warm=(
-                _curve(stack, scenario, run, probes, probe_seconds)
-                if curve and name == "uniform"
-                else None
-            ),
+            stack, scenario, run, latency_rate=latency_rate, relay_apart=relay_apart
         )
-        result = ScenarioResult(scenario, measured, probes=probes)
+        result = ScenarioResult(scenario, measured)
+        if curve and name == "uniform":
+            result.probes = await _probe_curve(
+                stack, scenario, run, measured.rate, probe_seconds, relay_apart=relay_apart
+            )
         if scenario.workers == 1:
             result.ceiling_rate = await _ceiling(stack, scenario, run)
             result.naive_rate = await _naive(stack, scenario, run, naive_seconds)
@@ -97,12 +93,46 @@ async def run_benchmarks(
     return results
 
 
+#: The share of the scenario the probe's worker drains first, to be warm.
+PROBE_WARM_UP_SHARE = 0.1
+
+
+async def _probe_curve(
+    stack: Stack,
+    scenario: Scenario,
+    run: str,
+    max_rate: float,
+    seconds: float,
+    *,
+    relay_apart: bool,
+) -> list[ProbeResult]:
+    """The fixed-rate probe at PROBE_RATES and at CURVE_SHARES of `max_rate` (the
+    scenario's drain rate), against a worker of its own on a broker of its own
+    (`broker_of_its_own`: a fresh tansu when the run started one), warmed by draining a
+    tenth of the scenario first."""
+    probes: list[ProbeResult] = []
+    with broker_of_its_own(stack) as probing:
+        await measure_worker(
+            probing,
+            scenario.scaled(PROBE_WARM_UP_SHARE),
+            f"{run}p",
+            relay_apart=relay_apart,
+            while_warm=_curve(probing, scenario, run, probes, seconds, max_rate),
+        )
+    return probes
+
+
 def _curve(
-    stack: Stack, scenario: Scenario, run: str, into: list[ProbeResult], seconds: float
+    stack: Stack,
+    scenario: Scenario,
+    run: str,
+    into: list[ProbeResult],
+    seconds: float,
+    max_rate: float,
 ) -> Callable[[Settings, WorkerRun], Awaitable[None]]:
     async def measure(settings: Settings, worker: WorkerRun) -> None:
         points = [(rate, f"{rate:,.0f}/s") for rate in PROBE_RATES]
-        points += [(share * worker.rate, f"{share:.0%} of max") for share in CURVE_SHARES]
+        points += [(share * max_rate, f"{share:.0%} of max") for share in CURVE_SHARES]
         for n, (rate, label) in enumerate(points):
             await _outbox_drained(settings.database_url)
             log.info("probe %s: %.0f checkouts/s for %.0f s", label, rate, seconds)

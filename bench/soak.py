@@ -56,6 +56,13 @@ log = logging.getLogger("bench.soak")
 CATALOGUE = Scenario("soak", "soak", 10_000, 1_000_000, 0)
 #: Orders published up front to measure the maximum rate (when --rate is not given).
 RATE_ORDERS = 15_000
+#: The shop producer's linger on the run's own tansu: every record batch tansu holds
+#: makes later fetches of its partition dearer (docs/design.md, "Why tansu slows"), so
+#: over 30 minutes the batch count, not the worker, would set the latency. 200 ms keeps
+#: it to about 5 a second per topic; it adds up to 200 ms to both latencies.
+TANSU_LINGER_MS = 200
+#: On a broker the run is given (Apache Kafka): a shop's usual linger.
+GIVEN_BROKER_LINGER_MS = 20
 #: Settled after the load when no event was applied for this long (a batch in flight
 #: started at most a few seconds ago).
 QUIET_SECONDS = 8.0
@@ -134,6 +141,8 @@ class SoakResult:
     settled: dict[str, Any]
     cpu_seconds: float
     command: str = ""
+    #: The shop producer's linger (ms): it adds up to this much to both latencies.
+    linger_ms: int = 0
 
 
 async def run_soak(
@@ -144,7 +153,12 @@ async def run_soak(
     rate_share: float = 0.5,
     sample_seconds: float = 60.0,
     rate_orders: int = RATE_ORDERS,
+    linger_ms: int | None = None,
 ) -> SoakResult:
+    """`linger_ms`: the shop's producer's linger; None: TANSU_LINGER_MS on the run's own
+    tansu, GIVEN_BROKER_LINGER_MS on a broker the run was given."""
+    if linger_ms is None:
+        linger_ms = TANSU_LINGER_MS if stack.owns_broker else GIVEN_BROKER_LINGER_MS
     run = uuid.uuid4().hex[:6]
     url = await fresh_database(stack, "soak")
     processes: list[subprocess.Popen[bytes]] = []
@@ -190,9 +204,10 @@ async def run_soak(
                 jobs_seen: dict[str, set[str]] = {}
                 result = await _soak(
                     conn, settings, stack, worker, work, run, minutes, rate, sample_seconds,
-                    jobs_seen,
+                    jobs_seen, linger_ms,
                 )  # fmt: skip
                 result.max_rate = max_rate
+                result.linger_ms = linger_ms
                 log.info("soak: load stopped; settling")
                 result.settled = await _settle(conn)
                 log.info("soak: settled %s; checking the invariants", result.settled)
@@ -220,6 +235,7 @@ async def _soak(
     rate: float,
     sample_seconds: float,
     jobs_seen: dict[str, set[str]],
+    linger_ms: int,
 ) -> SoakResult:
     prefix = f"soak-{run}-"
     answers, ready, progress = work / "answers.txt", work / "ready", work / "sent"
@@ -245,7 +261,8 @@ async def _soak(
             "produce", "--bootstrap", stack.bootstrap, "--topics", json.dumps(topics),
             "--rate", str(rate), "--seconds", str(minutes * 60),
             "--variants", str(CATALOGUE.variants), "--prefix", prefix,
-            "--progress", str(progress), stdout=subprocess.PIPE,
+            "--progress", str(progress), "--linger-ms", str(linger_ms),
+            stdout=subprocess.PIPE,
         )  # fmt: skip
         started = time.monotonic()
         offset = 0
@@ -574,7 +591,10 @@ def write_soak_report(result: SoakResult, path: Path, plot: Path | None) -> None
         "a return), 10% fail payment, 10% cancel, 10% hold for 3 s and never pay (the sweep",
         "expires them). The scheduled jobs run with short intervals (prune every 3 min with",
         "5-minute retention, rollup 5 min, policies, reconcile, shrinkage and reports",
-        "every 10 min).",
+        f"every 10 min). The shop's producer lingers {result.linger_ms} ms (batches of up to",
+        "1 MiB), which adds up to that much to both latencies: on the run's own tansu fewer,",
+        "larger batches keep the broker's per-batch cost out of the figures (docs/design.md,",
+        '"Why tansu slows").',
         "",
         f"Scheduled job runs seen (by job, last outcome): {_jobs(result)}.",
         "",
@@ -796,6 +816,12 @@ def main(argv: list[str] | None = None) -> int:
         default=RATE_ORDERS,
         help="orders published up front to measure the maximum rate",
     )
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        help=f"the shop producer's linger (default: {TANSU_LINGER_MS} on the run's own tansu, "
+        f"{GIVEN_BROKER_LINGER_MS} with --bootstrap-servers)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs") / "soak.md")
     parser.add_argument("--database-url")
     parser.add_argument("--bootstrap-servers")
@@ -810,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
                 rate=args.rate,
                 sample_seconds=args.sample_seconds,
                 rate_orders=args.rate_orders,
+                linger_ms=args.linger_ms,
             )
         )
     result.command = (
@@ -818,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
             [f"--minutes {args.minutes:g}"]
             + ([f"--rate {args.rate:g}"] if args.rate else [])
             + ([f"--sample-seconds {args.sample_seconds:g}"] if args.sample_seconds != 60 else [])
+            + ([f"--linger-ms {args.linger_ms}"] if args.linger_ms is not None else [])
         )
         + ")"
     )

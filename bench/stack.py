@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import tempfile
 import time
 import uuid
@@ -27,6 +28,9 @@ class Stack:
     #: A URL to the server's maintenance database: benchmark databases are created beside it.
     server_url: str
     bootstrap: str
+    #: Whether the run started the broker itself (an in-memory tansu), so a measurement
+    #: may ask for one of its own (`broker_of_its_own`).
+    owns_broker: bool = False
 
 
 @contextlib.contextmanager
@@ -41,11 +45,33 @@ def running_stack(database_url: str | None, bootstrap: str | None) -> Iterator[S
             )
             database_url = postgres.start()
             cleanup.callback(postgres.stop)
+        owns_broker = bootstrap is None
         if bootstrap is None:
             broker = TansuBroker()
             bootstrap = broker.start()
             cleanup.callback(broker.stop)
-        yield Stack(database_url, bootstrap)
+        yield Stack(database_url, bootstrap, owns_broker)
+
+
+@contextlib.contextmanager
+def broker_of_its_own(stack: Stack) -> Iterator[Stack]:
+    """The stack with a new, empty broker when the run started its own, else as it is.
+
+    tansu keeps every record in memory and each fetch costs more the more record batches
+    a partition holds (docs/design.md, "Why tansu slows"); Apache Kafka's do not. A
+    latency measurement after the throughput scenarios would time tansu's history, not
+    the worker, so it gets a broker holding only its own traffic."""
+    if not stack.owns_broker:
+        yield stack
+        return
+    from service.devstack.servers import TansuBroker
+
+    broker = TansuBroker()
+    bootstrap = broker.start()
+    try:
+        yield dataclasses.replace(stack, bootstrap=bootstrap)
+    finally:
+        broker.stop()
 
 
 async def fresh_database(stack: Stack, label: str) -> str:

@@ -32,7 +32,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -52,28 +51,45 @@ log = logging.getLogger(__name__)
 #: so a broker that stalls cannot make the queue grow without bound.
 MAX_WAITING = 20_000
 
-_EARLIER_HOLDS = text(
-    """
-    SELECT key, max(sweep_after) FROM outbox
-    WHERE key = ANY(CAST(:keys AS bytea[])) AND sweep_after IS NOT NULL AND published_at IS NULL
-    GROUP BY key
-    """
-)
-
-# `hold`: seconds from now the relay waits (NULL: not a reservation row, no hold);
-# `after`: the hold of an earlier row of the same order, which the row must not beat.
-_INSERT = text(
-    """
-    INSERT INTO outbox (topic, key, value, headers, sweep_after)
-    SELECT topic, key, value, CAST(headers AS jsonb),
-           CASE WHEN hold IS NOT NULL
-                THEN greatest(clock_timestamp() + make_interval(secs => hold), after) END
-    FROM unnest(
-        CAST(:topics AS text[]), CAST(:keys AS bytea[]), CAST(:values AS bytea[]),
-        CAST(:headers AS text[]), CAST(:holds AS float8[]), CAST(:afters AS timestamptz[])
-    ) WITH ORDINALITY AS t(topic, key, value, headers, hold, after, position)
-    ORDER BY position
-    RETURNING id
+# One round trip appends the rows, reads what the fast path needs and wakes the relay at
+# commit. Per reservation row (`reservation`: on stock.reservation, with a key):
+# `after`: the latest hold of its order's rows still in the outbox (the statement's
+# snapshot: rows of earlier transactions only), which it must not beat; the rows of an
+# order with none take the fast path's hold (`grace` seconds from now, when `fast`), the
+# others none; the first row of each such order in this statement (`first_of_key`) is
+# the one the fast path sends (`fast_positions`). `rows` is read twice, so PostgreSQL
+# computes it once.
+_APPEND = text(
+    f"""
+    WITH rows AS (
+        SELECT t.*, CASE WHEN t.reservation THEN (
+            SELECT max(o.sweep_after) FROM outbox AS o
+            WHERE o.key = t.key AND o.sweep_after IS NOT NULL AND o.published_at IS NULL
+        ) END AS after
+        FROM unnest(
+            CAST(:topics AS text[]), CAST(:keys AS bytea[]), CAST(:values AS bytea[]),
+            CAST(:headers AS text[]), CAST(:reservations AS boolean[]),
+            CAST(:firsts AS boolean[])
+        ) WITH ORDINALITY AS t(topic, key, value, headers, reservation, first_of_key, position)
+    ),
+    inserted AS (
+        INSERT INTO outbox (topic, key, value, headers, sweep_after)
+        SELECT topic, key, value, CAST(headers AS jsonb),
+               CASE WHEN reservation THEN greatest(
+                   clock_timestamp() + make_interval(secs => CASE
+                       WHEN CAST(:fast AS boolean) AND after IS NULL
+                       THEN CAST(:grace AS float8) ELSE 0 END),
+                   after
+               ) END
+        FROM rows
+        ORDER BY position
+        RETURNING id
+    )
+    SELECT (SELECT array_agg(id) FROM inserted) AS ids,
+           (SELECT array_agg(position ORDER BY position) FROM rows
+            WHERE CAST(:fast AS boolean) AND reservation AND first_of_key AND after IS NULL)
+           AS fast_positions,
+           pg_notify('{OUTBOX_CHANNEL}', '')
     """
 )
 
@@ -111,51 +127,37 @@ async def append_outbox(
     if not messages:
         return []
     reservation_topic = settings.topic_stock_reservation
-    keys = {m.key for m in messages if m.topic == reservation_topic and m.key is not None}
-    earlier: dict[bytes, datetime] = {}
-    if keys:
-        result = await conn.execute(_EARLIER_HOLDS, {"keys": list(keys)})
-        earlier = {bytes(key): hold for key, hold in result}
-    grace = settings.outbox_fast_path_grace_ms / 1000
-    holds: list[float | None] = []
-    afters: list[datetime | None] = []
-    chosen: list[bool] = []
-    seen: dict[bytes, float] = {}
+    reservations: list[bool] = []
+    firsts: list[bool] = []
+    seen: set[bytes] = set()
     for message in messages:
         key = message.key
-        if message.topic != reservation_topic or key is None:
-            holds.append(None)
-            afters.append(None)
-            chosen.append(False)
-            continue
-        first_of_order = key not in seen and key not in earlier
-        take_fast = fast and first_of_order
-        # A later row of the same order in this transaction keeps the hold of the first
-        # (clock_timestamp() only grows along the insert): the relay never sends it first.
-        hold = seen.setdefault(key, grace if take_fast else 0.0)
-        holds.append(hold)
-        afters.append(earlier.get(key))
-        chosen.append(take_fast)
-    ids = (
+        reservation = message.topic == reservation_topic and key is not None
+        reservations.append(reservation)
+        firsts.append(reservation and key not in seen)
+        if reservation and key is not None:
+            seen.add(key)
+    ids, fast_positions, _ = (
         await conn.execute(
-            _INSERT,
+            _APPEND,
             {
                 "topics": [m.topic for m in messages],
                 "keys": [m.key for m in messages],
                 "values": [m.value for m in messages],
                 "headers": [m.headers_json() for m in messages],
-                "holds": holds,
-                "afters": afters,
+                "reservations": reservations,
+                "firsts": firsts,
+                "fast": fast,
+                "grace": settings.outbox_fast_path_grace_ms / 1000,
             },
         )
-    ).scalars().all()
-    await conn.execute(_NOTIFY)
-    # Identity values are drawn in insert order, so sorted ids line up with positions.
-    return [
-        FastRow(row_id, message)
-        for row_id, message, take in zip(sorted(ids), messages, chosen, strict=True)
-        if take
-    ]
+    ).one()
+    if not fast_positions:
+        return []
+    # Identity values are drawn in insert order, so sorted ids line up with positions
+    # (1-based: WITH ORDINALITY).
+    ordered = sorted(ids)
+    return [FastRow(ordered[position - 1], messages[position - 1]) for position in fast_positions]
 
 
 #: Fast-path publishers installed in this process (`install`); the unit of work hands

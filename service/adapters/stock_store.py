@@ -7,12 +7,13 @@ worker and the sweeper) touching the same rows wait for each other, never deadlo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.adapters.tables import OUTBOX_CHANNEL
@@ -108,8 +109,7 @@ _LOCK_EXPIRED_ORDERS = text(
     """
 )
 
-_UPDATE_ORDERS = text(
-    """
+_UPDATE_ORDERS = """
     UPDATE orders AS o SET
         phase = u.phase, expires_at = u.expires_at, payment = u.payment,
         cancelled = u.cancelled, reason = u.reason, updated_at = now()
@@ -119,20 +119,16 @@ _UPDATE_ORDERS = text(
     ) AS u(order_id, phase, expires_at, payment, cancelled, reason)
     WHERE o.order_id = u.order_id
     """
-)
 
-_INSERT_LINES = text(
-    """
+_INSERT_LINES = """
     INSERT INTO order_lines (order_id, variant_id, quantity)
     SELECT * FROM unnest(
         CAST(:order_ids AS text[]), CAST(:variant_ids AS text[]), CAST(:quantities AS bigint[])
     )
     ON CONFLICT DO NOTHING
     """
-)
 
-_UPDATE_VARIANTS = text(
-    """
+_UPDATE_VARIANTS = """
     UPDATE variants AS v SET
         on_hand = u.on_hand, reserved = u.reserved, version = u.version,
         out_of_stock_since = u.out_of_stock_since, updated_at = now()
@@ -142,10 +138,8 @@ _UPDATE_VARIANTS = text(
     ) AS u(variant_id, on_hand, reserved, version, out_of_stock_since)
     WHERE v.variant_id = u.variant_id
     """
-)
 
-_INSERT_VARIANTS = text(
-    """
+_INSERT_VARIANTS = """
     INSERT INTO variants (variant_id, product_id, on_hand, reserved, version, out_of_stock_since)
     SELECT * FROM unnest(
         CAST(:ids AS text[]), CAST(:products AS text[]), CAST(:on_hand AS bigint[]),
@@ -153,7 +147,6 @@ _INSERT_VARIANTS = text(
         CAST(:out_of_stock_since AS timestamptz[])
     )
     """
-)
 
 _AUDIT_COLUMNS = """
     variant_id, change_type, delta_on_hand, delta_reserved, on_hand_after, reserved_after,
@@ -165,18 +158,14 @@ _AUDIT_ARRAYS = """
     CAST(:versions AS bigint[]), CAST(:reasons AS text[]), CAST(:references AS text[]),
     CAST(:sources AS text[]), CAST(:event_ids AS text[]), CAST(:actors AS text[])
 """
-_INSERT_AUDIT = text(
-    f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
-)
+_INSERT_AUDIT = f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
 # Only when a restock names its supplier or order time: the hot path keeps the short form.
-_INSERT_AUDIT_WITH_DELIVERY = text(
-    f"""
+_INSERT_AUDIT_WITH_DELIVERY = f"""
     INSERT INTO audit_log ({_AUDIT_COLUMNS}, supplier_id, ordered_at)
     SELECT * FROM unnest(
         {_AUDIT_ARRAYS}, CAST(:suppliers AS text[]), CAST(:ordered_at AS timestamptz[])
     )
     """
-)
 
 _INSERT_OUTBOX = text(
     """
@@ -293,42 +282,43 @@ async def lock_expired_orders(
 async def write_ledger(
     conn: AsyncConnection, ledger: StockLedger, state: LoadedState, actor: str | None = None
 ) -> None:
-    """Persist what the ledger changed: orders, new lines, variants, audit rows.
+    """Persist what the ledger changed: orders, new lines, variants, audit rows, in ONE
+    statement (each part a data-modifying CTE), so the write-back costs one round trip
+    however many tables it touches.
+
+    The parts touch different tables and see the same snapshot, which is all they need:
+    every row they update was locked (and every order a new line names was created)
+    by an earlier statement of the transaction. A CHECK that refuses any part refuses
+    the whole statement, as it refused the transaction before.
 
     `actor`: who asked (a token's or a CLI user's name); None: each change's cause
     speaks for itself (`actor_of`)."""
-    await _write_orders(conn, ledger, state)
-    await _write_variants(conn, ledger, state)
+    parts = [*_order_parts(ledger, state), *_variant_parts(ledger, state)]
     if ledger.changes:
-        changes = ledger.changes
-        sources = [c.cause.source if c.cause else None for c in changes]
-        delivery: dict[str, Any] = {}
-        if any(c.supplier_id is not None or c.ordered_at is not None for c in changes):
-            delivery = {
-                "suppliers": [c.supplier_id for c in changes],
-                "ordered_at": [c.ordered_at for c in changes],
-            }
-        await conn.execute(
-            _INSERT_AUDIT_WITH_DELIVERY if delivery else _INSERT_AUDIT,
-            {
-                **delivery,
-                "variant_ids": [c.variant_id for c in changes],
-                "types": [c.change_type.value for c in changes],
-                "d_on_hand": [c.delta_on_hand for c in changes],
-                "d_reserved": [c.delta_reserved for c in changes],
-                "on_hand": [c.on_hand for c in changes],
-                "reserved": [c.reserved for c in changes],
-                "versions": [c.version for c in changes],
-                "reasons": [c.reason for c in changes],
-                "references": [c.reference for c in changes],
-                "sources": sources,
-                "event_ids": [c.cause.id if c.cause else None for c in changes],
-                "actors": [actor or actor_of(source) for source in sources],
-            },
-        )
+        parts.append(_audit_part(ledger, actor))
+    if parts:
+        await conn.execute(*_one_statement(parts))
 
 
-async def _write_orders(conn: AsyncConnection, ledger: StockLedger, state: LoadedState) -> None:
+#: One part of the write-back: a statement's text and its parameters.
+_Part = tuple[str, dict[str, Any]]
+
+_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def _one_statement(parts: Sequence[_Part]) -> tuple[TextClause, dict[str, Any]]:
+    """`parts` as the data-modifying CTEs of one statement, each part's parameters
+    prefixed with its position so equal names (`ids`, `reasons`) do not collide."""
+    ctes: list[str] = []
+    parameters: dict[str, Any] = {}
+    for n, (sql, values) in enumerate(parts):
+        prefixed = _PARAMETER.sub(f":p{n}_" + r"\1", sql)
+        ctes.append(f"w{n} AS ({prefixed})")
+        parameters.update({f"p{n}_{name}": value for name, value in values.items()})
+    return text("WITH " + ",\n".join(ctes) + "\nSELECT 1"), parameters
+
+
+def _order_parts(ledger: StockLedger, state: LoadedState) -> list[_Part]:
     changed: list[Order] = []
     for order_id in sorted(ledger.touched_orders):
         order = ledger.orders[order_id]
@@ -341,8 +331,10 @@ async def _write_orders(conn: AsyncConnection, ledger: StockLedger, state: Loade
         )
         if state.order_rows.get(order_id) != row:
             changed.append(order)
-    if changed:
-        await conn.execute(
+    if not changed:
+        return []
+    parts: list[_Part] = [
+        (
             _UPDATE_ORDERS,
             {
                 "ids": [o.order_id for o in changed],
@@ -353,6 +345,7 @@ async def _write_orders(conn: AsyncConnection, ledger: StockLedger, state: Loade
                 "reasons": [o.reason for o in changed],
             },
         )
+    ]
     new_lines = [
         (order.order_id, variant_id, quantity)
         for order in changed
@@ -360,17 +353,20 @@ async def _write_orders(conn: AsyncConnection, ledger: StockLedger, state: Loade
         for variant_id, quantity in order.lines.items()
     ]
     if new_lines:
-        await conn.execute(
-            _INSERT_LINES,
-            {
-                "order_ids": [line[0] for line in new_lines],
-                "variant_ids": [line[1] for line in new_lines],
-                "quantities": [line[2] for line in new_lines],
-            },
+        parts.append(
+            (
+                _INSERT_LINES,
+                {
+                    "order_ids": [line[0] for line in new_lines],
+                    "variant_ids": [line[1] for line in new_lines],
+                    "quantities": [line[2] for line in new_lines],
+                },
+            )
         )
+    return parts
 
 
-async def _write_variants(conn: AsyncConnection, ledger: StockLedger, state: LoadedState) -> None:
+def _variant_parts(ledger: StockLedger, state: LoadedState) -> list[_Part]:
     created = [ledger.variants[v] for v in sorted(ledger.created_variants)]
     updated = [
         variant
@@ -378,29 +374,64 @@ async def _write_variants(conn: AsyncConnection, ledger: StockLedger, state: Loa
         if variant_id not in ledger.created_variants
         and variant.version != state.variant_versions.get(variant_id)
     ]
+    parts: list[_Part] = []
     if created:
-        await conn.execute(
-            _INSERT_VARIANTS,
-            {
-                "ids": [v.variant_id for v in created],
-                "products": [v.product_id for v in created],
-                "on_hand": [v.on_hand for v in created],
-                "reserved": [v.reserved for v in created],
-                "versions": [v.version for v in created],
-                "out_of_stock_since": [v.out_of_stock_since for v in created],
-            },
+        parts.append(
+            (
+                _INSERT_VARIANTS,
+                {
+                    "ids": [v.variant_id for v in created],
+                    "products": [v.product_id for v in created],
+                    "on_hand": [v.on_hand for v in created],
+                    "reserved": [v.reserved for v in created],
+                    "versions": [v.version for v in created],
+                    "out_of_stock_since": [v.out_of_stock_since for v in created],
+                },
+            )
         )
     if updated:
-        await conn.execute(
-            _UPDATE_VARIANTS,
-            {
-                "ids": [v.variant_id for v in updated],
-                "on_hand": [v.on_hand for v in updated],
-                "reserved": [v.reserved for v in updated],
-                "versions": [v.version for v in updated],
-                "out_of_stock_since": [v.out_of_stock_since for v in updated],
-            },
+        parts.append(
+            (
+                _UPDATE_VARIANTS,
+                {
+                    "ids": [v.variant_id for v in updated],
+                    "on_hand": [v.on_hand for v in updated],
+                    "reserved": [v.reserved for v in updated],
+                    "versions": [v.version for v in updated],
+                    "out_of_stock_since": [v.out_of_stock_since for v in updated],
+                },
+            )
         )
+    return parts
+
+
+def _audit_part(ledger: StockLedger, actor: str | None) -> _Part:
+    changes = ledger.changes
+    sources = [c.cause.source if c.cause else None for c in changes]
+    delivery: dict[str, Any] = {}
+    if any(c.supplier_id is not None or c.ordered_at is not None for c in changes):
+        delivery = {
+            "suppliers": [c.supplier_id for c in changes],
+            "ordered_at": [c.ordered_at for c in changes],
+        }
+    return (
+        _INSERT_AUDIT_WITH_DELIVERY if delivery else _INSERT_AUDIT,
+        {
+            **delivery,
+            "variant_ids": [c.variant_id for c in changes],
+            "types": [c.change_type.value for c in changes],
+            "d_on_hand": [c.delta_on_hand for c in changes],
+            "d_reserved": [c.delta_reserved for c in changes],
+            "on_hand": [c.on_hand for c in changes],
+            "reserved": [c.reserved for c in changes],
+            "versions": [c.version for c in changes],
+            "reasons": [c.reason for c in changes],
+            "references": [c.reference for c in changes],
+            "sources": sources,
+            "event_ids": [c.cause.id if c.cause else None for c in changes],
+            "actors": [actor or actor_of(source) for source in sources],
+        },
+    )
 
 
 _INSERT_ANOMALIES = text(
