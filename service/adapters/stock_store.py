@@ -7,6 +7,7 @@ worker and the sweeper) touching the same rows wait for each other, never deadlo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -286,10 +287,12 @@ async def write_ledger(
     statement (each part a data-modifying CTE), so the write-back costs one round trip
     however many tables it touches.
 
-    The parts touch different tables and see the same snapshot, which is all they need:
+    The parts touch different rows and see the same snapshot, which is all they need:
     every row they update was locked (and every order a new line names was created)
     by an earlier statement of the transaction. A CHECK that refuses any part refuses
-    the whole statement, as it refused the transaction before.
+    the whole statement, as it refused the transaction before. PostgreSQL runs the
+    parts last to first, so when two parts would fail, the audit's error is the one
+    reported.
 
     `actor`: who asked (a token's or a CLI user's name); None: each change's cause
     speaks for itself (`actor_of`)."""
@@ -303,19 +306,28 @@ async def write_ledger(
 #: One part of the write-back: a statement's text and its parameters.
 _Part = tuple[str, dict[str, Any]]
 
-_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
+# A bind parameter as SQLAlchemy's text() reads one. The parts write casts as
+# CAST(x AS t), never x::t, so nothing else in them looks like one.
+_PARAMETER = re.compile(r"(?<![:\w]):(\w+)(?!:)")
 
 
 def _one_statement(parts: Sequence[_Part]) -> tuple[TextClause, dict[str, Any]]:
     """`parts` as the data-modifying CTEs of one statement, each part's parameters
     prefixed with its position so equal names (`ids`, `reasons`) do not collide."""
-    ctes: list[str] = []
     parameters: dict[str, Any] = {}
-    for n, (sql, values) in enumerate(parts):
-        prefixed = _PARAMETER.sub(f":p{n}_" + r"\1", sql)
-        ctes.append(f"w{n} AS ({prefixed})")
+    for n, (_, values) in enumerate(parts):
         parameters.update({f"p{n}_{name}": value for name, value in values.items()})
-    return text("WITH " + ",\n".join(ctes) + "\nSELECT 1"), parameters
+    return _statement_of(tuple(sql for sql, _ in parts)), parameters
+
+
+@functools.lru_cache(maxsize=64)
+def _statement_of(texts: tuple[str, ...]) -> TextClause:
+    """One statement per combination of parts (a few dozen at most), built once."""
+    ctes = []
+    for n, sql in enumerate(texts):
+        prefixed = _PARAMETER.sub(rf":p{n}_\g<1>", sql)
+        ctes.append(f"w{n} AS ({prefixed})")
+    return text("WITH " + ",\n".join(ctes) + "\nSELECT 1")
 
 
 def _order_parts(ledger: StockLedger, state: LoadedState) -> list[_Part]:

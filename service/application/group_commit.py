@@ -1,8 +1,8 @@
 """Group commit: concurrent requests share one transaction, each keeps its own answer.
 
-A reserve over HTTP costs one transaction: BEGIN, a lock statement or two, the
-write-back (orders, lines, variants, audit, outbox), COMMIT and its WAL flush, about
-ten round trips whatever the request holds. Sixteen shops reserving at once wait for
+A reserve over HTTP costs one transaction: BEGIN, two lock statements, the write-back
+(one statement), the outbox append (another), COMMIT and its WAL flush: six round
+trips whatever the request holds. Sixteen shops reserving at once wait for
 each other's round trips and flushes. Here requests that arrive while an earlier group
 is in the database queue up and go together as the next group: one transaction, one
 set-based lock and write-back, one flush for all of them.

@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.adapters.database import asyncpg_dsn
@@ -155,6 +156,39 @@ async def test_the_same_reservation_twice_in_one_group(
     assert await stocked.stock("hot") == (10, 2)  # held once
     assert await stocked.order_lines("dup") == {"hot": 2}
     assert await invariant_violations(engine) == []
+
+
+async def test_a_group_of_reserves_costs_four_statements_whatever_its_size(
+    engine: AsyncEngine, grouped_settings: Settings, stocked: Scenario, group_sizes: list[int]
+) -> None:
+    """Between BEGIN and COMMIT a group sends: the orders' create-and-lock, the variants'
+    lock, the write-back (orders, lines, variants and audit in one statement) and the
+    outbox append (with the fast path's check and the NOTIFY). Round trips, not rows,
+    are what a group waits for (docs/design.md, "Group commit of synchronous requests")."""
+    commands = StockCommands(engine, grouped_settings)
+    await commands.reserve([_hold("pacer", "cold", 1)])  # settle the engine's own queries
+    sent: list[str] = []
+
+    def watch(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(" ".join(statement.split())[:60])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", watch)
+    try:
+        await asyncio.gather(
+            commands.reserve([_hold("pacer2", "cold", 1)]),
+            *(commands.reserve([_hold(f"g{n}", "hot" if n % 2 else "cold", 1)]) for n in range(6)),
+        )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", watch)
+    assert group_sizes[-2:] == [1, 6]
+    group = sent[-4:]
+    assert [statement.split()[0:3] for statement in group] == [
+        ["INSERT", "INTO", "orders"],
+        ["SELECT", "variant_id,", "product_id,"],
+        ["WITH", "w0", "AS"],
+        ["WITH", "earlier", "AS"],
+    ], sent
+    assert len(sent) == 8  # the pacer alone, then the group: four each
 
 
 async def test_a_refused_request_does_not_fail_its_group(
