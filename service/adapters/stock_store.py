@@ -388,33 +388,22 @@ def _variant_parts(ledger: StockLedger, state: LoadedState) -> list[_Part]:
     ]
     parts: list[_Part] = []
     if created:
-        parts.append(
-            (
-                _INSERT_VARIANTS,
-                {
-                    "ids": [v.variant_id for v in created],
-                    "products": [v.product_id for v in created],
-                    "on_hand": [v.on_hand for v in created],
-                    "reserved": [v.reserved for v in created],
-                    "versions": [v.version for v in created],
-                    "out_of_stock_since": [v.out_of_stock_since for v in created],
-                },
-            )
-        )
+        products = {"products": [v.product_id for v in created]}
+        parts.append((_INSERT_VARIANTS, {**_variant_arrays(created), **products}))
     if updated:
-        parts.append(
-            (
-                _UPDATE_VARIANTS,
-                {
-                    "ids": [v.variant_id for v in updated],
-                    "on_hand": [v.on_hand for v in updated],
-                    "reserved": [v.reserved for v in updated],
-                    "versions": [v.version for v in updated],
-                    "out_of_stock_since": [v.out_of_stock_since for v in updated],
-                },
-            )
-        )
+        parts.append((_UPDATE_VARIANTS, _variant_arrays(updated)))
     return parts
+
+
+def _variant_arrays(variants: Sequence[Variant]) -> dict[str, list[Any]]:
+    """The columns the ledger changes, one array each (what both variant parts write)."""
+    return {
+        "ids": [v.variant_id for v in variants],
+        "on_hand": [v.on_hand for v in variants],
+        "reserved": [v.reserved for v in variants],
+        "versions": [v.version for v in variants],
+        "out_of_stock_since": [v.out_of_stock_since for v in variants],
+    }
 
 
 def _audit_part(ledger: StockLedger, actor: str | None) -> _Part:
