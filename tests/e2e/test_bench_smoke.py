@@ -6,11 +6,13 @@ only keeps the harness from rotting between `make bench` runs.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from bench.report import write_report
 from bench.run import run_benchmarks
-from bench.stack import Stack
+from bench.stack import Stack, broker_of_its_own
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,3 +45,20 @@ async def test_the_benchmark_harness_runs_and_reports(
     assert "## Results" in text and "## Targets" in text and "cores" in text
     assert "## The fixed-rate probe and the latency curve" in text
     assert "probe: p99 < 100 ms at 2,000 checkouts/s" in text
+
+
+def test_a_measurement_gets_a_fresh_broker_only_when_the_run_owns_its_broker() -> None:
+    """`broker_of_its_own`: a new tansu, listening for the measurement and gone after
+    it, when the run started its own; a broker the run was given is used as it is."""
+    given = Stack("postgresql://unused", "127.0.0.1:1", owns_broker=False)
+    with broker_of_its_own(given) as same:
+        assert same is given
+
+    owned = Stack("postgresql://unused", "127.0.0.1:1", owns_broker=True)
+    with broker_of_its_own(owned) as fresh:
+        assert fresh.bootstrap != owned.bootstrap and fresh.owns_broker
+        host, port = fresh.bootstrap.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass  # it listens
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
+        pass  # and is stopped once the measurement is over
