@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     #: CONFIRMED orders: a cancellation returns their stock for as long as they are kept.
     retention_confirmed_orders_days: float = Field(default=365.0, ge=0)
     retention_batch_size: int = Field(default=1000, ge=1)
+    #: After each batch a prune rests this many times as long as the batch took (1: it
+    #: uses at most half of one database connection's time; 0: batches back to back),
+    #: so that deleting a day of rows does not take the hot path's share of the
+    #: database for minutes at a time (pt-archiver's `--sleep-coef`).
+    retention_sleep_coefficient: float = Field(default=1.0, ge=0)
 
     #: The in-process scheduler of maintenance jobs (one worker runs each job per
     #: period); false for operators who run `stock prune` and `stock reconcile` as

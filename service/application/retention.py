@@ -4,7 +4,9 @@ Every table is pruned the same way: in batches of `STOCK_RETENTION_BATCH_SIZE` r
 oldest first from an index, each batch its own short transaction (a lock wait of
 more than a few seconds is given up and the batch retried), the next batch starting
 where the last one ended (keyset), so no statement scans what earlier batches deleted
-and nothing holds a lock for longer than one batch. Workers go on consuming meanwhile.
+and nothing holds a lock for longer than one batch. After each batch the prune rests
+`STOCK_RETENTION_SLEEP_COEFFICIENT` times as long as the batch took, so workers go on
+consuming meanwhile at their usual pace, not only between batches.
 The cut-off is taken from the database's clock, so every worker agrees on it.
 
 What is kept, and why (the defaults; docs/design.md, "Retention", says more):
@@ -248,11 +250,19 @@ class Pruner:
     """One prune over the database of `engine`, with `settings`' retentions."""
 
     def __init__(
-        self, engine: AsyncEngine, settings: Settings, *, batch_size: int | None = None
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        batch_size: int | None = None,
+        rest: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.batch_size = batch_size or settings.retention_batch_size
+        self.sleep_coefficient = settings.retention_sleep_coefficient
+        #: How the prune rests between batches (a test records the rests instead).
+        self.rest = rest
 
     async def run(self, *, dry_run: bool = False) -> PruneReport:
         clock = time.monotonic()
@@ -393,6 +403,7 @@ class Pruner:
                     await conn.execute(text(limit))
                 return await work(conn)
 
+        started = time.monotonic()
         result = await retry_transient(
             attempt,
             what=f"prune {what}",
@@ -400,8 +411,15 @@ class Pruner:
             max_backoff=self.settings.retry_max_backoff_seconds,
             give_up_after=_GIVE_UP_AFTER_SECONDS,
         )
-        await asyncio.sleep(0)  # let the worker's own work in between batches
+        # Rest in proportion to the batch's own time: a prune then takes at most its
+        # share of the database (and of the worker's event loop), however many rows
+        # are due, and the hot path keeps up meanwhile (docs/design.md, "Retention").
+        await self.rest(self.pause_after(time.monotonic() - started))
         return result
+
+    def pause_after(self, batch_seconds: float) -> float:
+        """How long to rest after a batch that took `batch_seconds`."""
+        return max(batch_seconds, 0.0) * self.sleep_coefficient
 
     async def _database_now(self) -> datetime:
         async def attempt() -> datetime:

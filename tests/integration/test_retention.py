@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.application.retention import prune
+from service.adapters.tables import FINISHED_PHASES
+from service.application.retention import Pruner, prune
 from service.settings import Settings
 from tests.support.invariants import invariant_violations
 from tests.support.records import cancelled, checkout, paid, payment_failed
@@ -280,6 +281,35 @@ async def test_prune_deletes_in_bounded_batches_each_its_own_transaction(
     # Every batch committed on its own: no transaction spans two batches.
     assert log.commits >= report.batches >= 4 + 3 + 3
     assert await s.scalar("SELECT count(*) FROM orders") == 0
+
+
+@pytest.mark.parametrize("coefficient", [0.0, 1.0, 3.0])
+async def test_prune_rests_after_every_batch_in_proportion_to_its_time(
+    engine, settings, coefficient
+) -> None:
+    """A prune of a day's rows must not take the hot path's share of the database for
+    minutes at a time: after each batch it rests `retention_sleep_coefficient` times
+    as long as the batch took (0: none)."""
+    s = Scenario(engine, settings)
+    await add_processed_events(s, 9 * DAY, 5, "old-")
+    rests: list[float] = []
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+
+    paced = settings.model_copy(update={"retention_sleep_coefficient": coefficient})
+    pruner = Pruner(engine, paced, batch_size=2, rest=rest)
+    report = await pruner.run()
+
+    assert report.tables["processed_events"].deleted == 5
+    # One rest per transaction (processed events 2, 2, 1; the other tables one empty
+    # batch each, every finished phase of the orders one).
+    assert len(rests) == report.batches == 3 + 1 + len(FINISHED_PHASES) + 1
+    if coefficient == 0:
+        assert set(rests) == {0.0}
+    else:
+        assert all(r > 0 for r in rests)
+    assert pruner.pause_after(0.02) == pytest.approx(0.02 * coefficient)
 
 
 async def test_an_order_a_worker_holds_is_skipped_not_waited_for(engine, settings) -> None:
