@@ -33,6 +33,13 @@ class Stack:
     owns_broker: bool = False
 
 
+#: The run's own PostgreSQL, set as a server that takes thousands of transactions a
+#: second is (docs/design.md, "The bench's PostgreSQL"): initdb's 1 GB of WAL between
+#: checkpoints made the soak's server checkpoint every 15-20 s, and after each
+#: checkpoint the first change of every page writes the whole page to the WAL again.
+LOAD_SERVER_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "10min"}
+
+
 @contextlib.contextmanager
 def running_stack(database_url: str | None, bootstrap: str | None) -> Iterator[Stack]:
     """The given servers, or an embedded PostgreSQL and a tansu broker for the run."""
@@ -45,6 +52,7 @@ def running_stack(database_url: str | None, bootstrap: str | None) -> Iterator[S
             )
             database_url = postgres.start()
             cleanup.callback(postgres.stop)
+            postgres.configure(LOAD_SERVER_SETTINGS)
         owns_broker = bootstrap is None
         if bootstrap is None:
             broker = TansuBroker()

