@@ -6,13 +6,16 @@ only keeps the harness from rotting between `make bench` runs.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
+import asyncpg
 import pytest
 
 from bench.report import write_report
 from bench.run import run_benchmarks
-from bench.stack import Stack, broker_of_its_own
+from bench.stack import LOAD_SERVER_SETTINGS, Stack, broker_of_its_own
+from service.adapters.database import asyncpg_dsn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -62,3 +65,28 @@ def test_a_measurement_gets_a_fresh_broker_only_when_the_run_owns_its_broker() -
             pass  # it listens
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
         pass  # and is stopped once the measurement is over
+
+
+async def test_the_runs_own_postgresql_gets_room_for_minutes_of_wal(tmp_path) -> None:
+    """`EmbeddedPostgres.configure` with the bench's settings: initdb's 1 GB between
+    checkpoints made the soak's server checkpoint every 15-20 s (docs/design.md)."""
+    from service.devstack.servers import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path / "pg", delete_on_stop=True)
+    url = server.start()
+    try:
+        server.configure(LOAD_SERVER_SETTINGS)
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            wanted = {"max_wal_size": "8GB", "checkpoint_timeout": "10min"}
+            assert wanted == LOAD_SERVER_SETTINGS
+            for _ in range(100):  # the reload is a signal: the server applies it soon after
+                shown = {name: await conn.fetchval(f"SHOW {name}") for name in wanted}
+                if shown == wanted:
+                    break
+                await asyncio.sleep(0.05)
+            assert shown == wanted
+        finally:
+            await conn.close()
+    finally:
+        server.stop()
