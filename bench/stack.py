@@ -34,7 +34,7 @@ class Stack:
 
 
 #: The run's own PostgreSQL, set as a server that takes thousands of transactions a
-#: second is (docs/design.md, "The bench's PostgreSQL"): initdb's 1 GB of WAL between
+#: second is (docs/design.md, "Measuring the hot path"): initdb's 1 GB of WAL between
 #: checkpoints made the soak's server checkpoint every 15-20 s, and after each
 #: checkpoint the first change of every page writes the whole page to the WAL again.
 LOAD_SERVER_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "10min"}

@@ -27,8 +27,8 @@ _NOT_HTTP = json.dumps(
 
 
 class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol (the C parser: about 15% less CPU per request than
-    h11, docs/design.md, "Garbage collection and the HTTP parser"), except that a
+    """uvicorn's httptools protocol (the C parser: 5-16% less CPU per request than h11,
+    docs/design.md, "Garbage collection and the HTTP parser"), except that a
     request it cannot parse is answered in the API's error shape, as JSON with a
     `code`, where uvicorn writes a text/plain "Invalid HTTP request received."."""
 
