@@ -25,9 +25,11 @@ set-based with generate_series, consistent the way the service writes it:
 VACUUM ANALYZE, then: the tables' and indexes' sizes, EXPLAIN (ANALYZE, BUFFERS) of
 the reconciliation statement with the work_mem it sets and with the server's
 default, and of its first form (a hash aggregate over a sequential scan of the log)
-for comparison, then the timed `reconcile()` itself (the statement, the run recorded, one
-outbox row per discrepancy). It checks that exactly the planted discrepancies are
-found, and exits 1 if not.
+for comparison, then the timed `reconcile(full=True)` itself (the statement, the run
+recorded, one outbox row per discrepancy), then `reconcile()` from the checkpoints the
+full runs left: with nothing new, and after one more version of one variant in a
+hundred. It checks that every run finds exactly the planted discrepancies, and exits 1
+if not.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import asyncpg
 from bench.stack import Stack, drop_database, fresh_database
 from service.adapters import reconciliation_sql
 from service.adapters.database import asyncpg_dsn, create_engine
-from service.application.reconciliation import reconcile
+from service.application.reconciliation import ReconciliationReport, reconcile
 from service.settings import isolated_settings
 
 UNITS_RESTOCKED = 100
@@ -266,6 +268,47 @@ async def generate(conn: asyncpg.Connection, plan: Plan, say: Any) -> None:
     say(f"generated in {time.perf_counter() - started:.1f}s")
 
 
+#: After the full runs, one variant in this many gets one more version (a RESTOCK of 1),
+#: which the next run from the checkpoints reads.
+CHANGED_EVERY = 100
+
+
+async def append_changes(url: str, plan: Plan) -> int:
+    """One more version, as the service writes it (row and audit row together), for one
+    variant in CHANGED_EVERY, the planted ones left alone: their discrepancies stay as
+    planned. Answers how many variants changed."""
+    planted = sorted(
+        {*plan.ledger, *plan.reserved, *plan.version, *plan.log_gap, *plan.deleted, *plan.bounds}
+    )
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return int(
+            await conn.fetchval(
+                f"""
+                WITH moved AS (
+                    UPDATE variants SET on_hand = on_hand + 1, version = version + 1
+                    WHERE substr(variant_id, 2)::bigint % {CHANGED_EVERY} = 0
+                      AND NOT (variant_id = ANY({_ids(planted)}))
+                    RETURNING variant_id, on_hand, reserved, version
+                ),
+                logged AS (
+                    INSERT INTO audit_log (
+                        variant_id, change_type, delta_on_hand, delta_reserved,
+                        on_hand_after, reserved_after, version, reference, actor
+                    )
+                    SELECT variant_id, 'RESTOCK', 1, 0, on_hand, reserved, version,
+                           'late-delivery', 'bench'
+                    FROM moved
+                    RETURNING 1
+                )
+                SELECT count(*) FROM logged
+                """
+            )
+        )
+    finally:
+        await conn.close()
+
+
 def _ids(numbers: list[int]) -> str:
     return "ARRAY[" + ",".join(f"'{variant_id(i)}'" for i in numbers) + "]::text[]"
 
@@ -321,13 +364,18 @@ async def explain(
     """EXPLAIN (ANALYZE, BUFFERS) of the reconciliation statement; the plan's figures."""
     label = "as written" if statement is None else "hash aggregate (the first form)"
     statement = statement or str(reconciliation_sql.FIND_DISCREPANCIES)
-    async with conn.transaction():
+    # Rolled back: the statement moves the checkpoints, and each plan is to start alike.
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
         if work_mem is not None:
             await conn.execute(f"SET LOCAL work_mem = '{work_mem}'")
         used = await conn.fetchval("SHOW work_mem")
         [document] = json.loads(
             await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}")
         )
+    finally:
+        await transaction.rollback()
     plan = document["Plan"]
     nodes = _walk(plan)
     memory = [
@@ -449,19 +497,36 @@ async def _measure(
         await conn.close()
 
     engine = create_engine(url, pool_size=1)
-    timings: list[float] = []
+    settings = isolated_settings(f"bench-{uuid.uuid4().hex[:6]}", database_url=url)
+    expected = plan.expected()
+    # Over every run: each must find exactly the planted discrepancies.
+    missed: set[tuple[str, str, int, int]] = set()
+    unexpected: set[tuple[str, str, int, int]] = set()
+
+    async def timed(label: str, *, full: bool) -> tuple[float, ReconciliationReport]:
+        started = time.perf_counter()
+        report = await reconcile(engine, settings, "bench", full=full)
+        seconds = time.perf_counter() - started
+        say(f"reconcile({label}): {seconds:.2f}s, {len(report.discrepancies)} discrepancies")
+        found = {(d.variant_id, d.kind.value, d.expected, d.actual) for d in report.discrepancies}
+        missed.update(expected - found)
+        unexpected.update(found - expected)
+        return seconds, report
+
     try:
-        settings = isolated_settings(f"bench-{uuid.uuid4().hex[:6]}", database_url=url)
+        # Read whole: the first run of a database, and `stock reconcile --full`.
+        timings: list[float] = []
         for _ in range(repeat):
-            started = time.perf_counter()
-            report = await reconcile(engine, settings, "bench")
-            timings.append(time.perf_counter() - started)
-            say(f"reconcile(): {timings[-1]:.2f}s")
+            seconds, report = await timed("full=True", full=True)
+            timings.append(seconds)
+        # From the checkpoints the full runs left: with nothing new, then after one
+        # more version of one variant in a hundred (CHANGED_EVERY).
+        quiet = [(await timed("from the checkpoints", full=False))[0] for _ in range(repeat)]
+        changed = await append_changes(url, plan)
+        after_changes, last = await timed(f"after {changed:,} changes", full=False)
     finally:
         await engine.dispose()
     seconds = statistics.median(timings)
-    found = {(d.variant_id, d.kind.value, d.expected, d.actual) for d in report.discrepancies}
-    expected = plan.expected()
     return {
         "command": "python -m bench.reconcile_scale " + " ".join(sys.argv[1:]),
         "variants": int(variant_rows),
@@ -478,9 +543,16 @@ async def _measure(
             "checked_variants": report.checked_variants,
             "discrepancies": len(report.discrepancies),
         },
+        "since_checkpoints": {
+            "nothing_new_seconds": round(statistics.median(quiet), 3),
+            "nothing_new_runs": [round(t, 3) for t in quiet],
+            "changed_variants": changed,
+            "after_changes_seconds": round(after_changes, 3),
+            "discrepancies": len(last.discrepancies),
+        },
         "planted": len(expected),
-        "missed": sorted(expected - found),
-        "unexpected": sorted(found - expected),
+        "missed": sorted(missed),
+        "unexpected": sorted(unexpected),
     }
 
 
@@ -524,6 +596,12 @@ def print_report(result: dict[str, Any]) -> None:
         f"({r['variants_per_second']:,} variants/s, {r['audit_rows_per_second']:,} audit rows/s), "
         f"{r['discrepancies']} discrepancies; planted {result['planted']}, "
         f"missed {len(result['missed'])}, unexpected {len(result['unexpected'])}"
+    )
+    c = result["since_checkpoints"]
+    print(
+        f"reconcile() from the checkpoints: median {c['nothing_new_seconds']}s of "
+        f"{c['nothing_new_runs']} with nothing new; {c['after_changes_seconds']}s after "
+        f"{c['changed_variants']:,} variants changed ({c['discrepancies']} discrepancies)"
     )
     for row in result["missed"]:
         print(f"  missed: {row}")

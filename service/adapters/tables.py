@@ -277,6 +277,19 @@ reconciliation_runs = Table(
 )
 Index("reconciliation_runs_latest", reconciliation_runs.c.finished_at)
 
+#: Per variant, the sum of `delta_on_hand` over audit versions 1..through_version, as a
+#: reconciliation read it from the log (gap-free): the log cannot change below it, so
+#: the next run reads only the versions after (service/adapters/reconciliation_sql.py).
+ledger_checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("variant_id", Text, primary_key=True),
+    Column("through_version", BigInteger, nullable=False),
+    Column("on_hand_moves", BigInteger, nullable=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("through_version > 0", name="through_a_version"),
+)
+
 job_runs = Table(
     "job_runs",
     metadata,

@@ -90,20 +90,24 @@ async def reconcile(
     settings: Settings,
     actor: str,
     *,
+    full: bool = False,
     give_up_after: float | None = None,
 ) -> ReconciliationReport:
     """Check every variant, keep the run, publish an anomaly per discrepancy.
 
     `actor`: who asked (`api:<token>`, `cli:<user>`, `stock-service` for the scheduled
-    job), kept on the run. `give_up_after`: seconds to wait out a database outage
-    (an HTTP caller owes an answer); None waits as long as it takes.
+    job), kept on the run. `full`: read every variant's whole audit log rather than
+    what follows its checkpoint (the same checks; it also finds the log of a variant
+    whose row was deleted before any run, and rewrites the checkpoints).
+    `give_up_after`: seconds to wait out a database outage (an HTTP caller owes an
+    answer); None waits as long as it takes.
     """
     unit_of_work = UnitOfWork(engine, settings)
     run_id = str(uuid.uuid4())
 
     async def step(tx: StockTransaction) -> ReconciliationReport:
         started_at = datetime.now(UTC)
-        checked, found = await sql.find_discrepancies(tx.conn)
+        checked, found = await sql.find_discrepancies(tx.conn, whole_log=full)
         report = ReconciliationReport(
             run_id=run_id,
             actor=actor,

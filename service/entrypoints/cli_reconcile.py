@@ -46,6 +46,13 @@ def add_reconcile_command(commands: Any) -> None:
     )
     reconcile.add_argument("--json", action="store_true", help="the run as JSON")
     reconcile.add_argument(
+        "--full",
+        action="store_true",
+        help="read every variant's whole audit log, not only what follows its checkpoint "
+        "(the same checks; also finds the log of a variant whose row was deleted before "
+        "any run)",
+    )
+    reconcile.add_argument(
         "--accept",
         metavar="VARIANT",
         action="append",
@@ -62,7 +69,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     if args.accept:
         return _accept(args, settings)
     try:
-        report = asyncio.run(_run(settings, cli_actor(args)))
+        report = asyncio.run(_run(settings, cli_actor(args), full=args.full))
     except Exception as error:
         problem = describe_database_error(error, settings.database_url)
         if problem is None:
@@ -98,13 +105,15 @@ def _accept(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _run(settings: Settings, actor: str) -> ReconciliationReport:
+async def _run(settings: Settings, actor: str, *, full: bool) -> ReconciliationReport:
     from service.adapters.database import create_engine
     from service.application.reconciliation import reconcile
 
     engine = create_engine(settings.database_url, pool_size=1)
     try:
-        return await reconcile(engine, settings, actor, give_up_after=GIVE_UP_AFTER_SECONDS)
+        return await reconcile(
+            engine, settings, actor, full=full, give_up_after=GIVE_UP_AFTER_SECONDS
+        )
     finally:
         await engine.dispose()
 

@@ -35,5 +35,8 @@ async def test_the_scale_benchmark_finds_exactly_what_it_planted(postgres_admin_
     assert result["missed"] == [] and result["unexpected"] == []
     assert result["reconcile"]["discrepancies"] == result["planted"]
     assert result["reconcile"]["checked_variants"] == 10000 - 2
+    # From the checkpoints the full runs left, before and after more changes: the same.
+    assert result["since_checkpoints"]["discrepancies"] == result["planted"]
+    assert result["since_checkpoints"]["changed_variants"] > 0
     [with_its_work_mem, *_] = result["plans"]
     assert with_its_work_mem["temp_written_bytes"] == 0  # the hash tables stay in memory

@@ -57,15 +57,20 @@ router = APIRouter(responses=DOCUMENTED_ERRORS)
 
 
 @router.post("/reconciliation", response_model=ReconciliationRun)
-async def run_reconciliation(svc: Services, caller: Admin) -> ReconciliationRun:
+async def run_reconciliation(
+    svc: Services, caller: Admin, full: bool = False
+) -> ReconciliationRun:
     """Check every variant against the invariants (needs an `admin` token).
 
     Nothing is repaired: each discrepancy is listed here, kept with the run, and
-    published as `stock.anomaly` (`ledger_mismatch`, `reference` the run id)."""
+    published as `stock.anomaly` (`ledger_mismatch`, `reference` the run id).
+    `full=true` reads every variant's whole audit log instead of what follows its
+    checkpoint: the same checks, at the cost of the whole history."""
     report = await reconcile(
         svc.engine,
         svc.settings,
         caller.actor,
+        full=full,
         give_up_after=svc.settings.http_database_timeout_seconds,
     )
     return _run(report)
