@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,8 +74,12 @@ TABLES = ("variants", "orders", "order_lines", "audit_log", "outbox", "processed
 
 #: "Flat": the mean of the last third of the samples is within this share of the middle
 #: third's, or within the absolute slack (for series near zero), per kind of series.
-FLAT_SHARE = {"rss": 0.10, "latency": 0.25, "size": 0.10, "backlog": 0.25, "rate": 0.10}
-FLAT_SLACK = {"rss": 5.0, "latency": 10.0, "size": 2.0, "backlog": 500.0, "rate": 50.0}
+FLAT_SHARE = {
+    "rss": 0.10, "latency": 0.25, "size": 0.10, "backlog": 0.25, "rate": 0.10, "cpu": 0.25,
+}
+FLAT_SLACK = {
+    "rss": 5.0, "latency": 10.0, "size": 2.0, "backlog": 500.0, "rate": 50.0, "cpu": 5.0,
+}
 
 
 def soak_settings(url: str, stack: Stack, run: str, reports_dir: str) -> Settings:
@@ -124,6 +129,12 @@ class Sample:
     read_p99_ms: float = float("nan")
     table_mb: dict[str, float] = field(default_factory=dict)
     index_mb: dict[str, float] = field(default_factory=dict)
+    #: Per process (`worker`, `broker`, `postgres`: the server and its backends), the
+    #: CPU it used over the sample's window, in % of one core. Only the processes the
+    #: run started itself (a given server or broker is not measured).
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+    #: The run's own broker's memory (tansu keeps every record in memory).
+    broker_rss_mb: float = float("nan")
 
 
 @dataclass
@@ -269,6 +280,8 @@ async def _soak(
         db_since = await conn.fetchval("SELECT now() - interval '5 seconds'")
         window_start = started
         answered_total = 0
+        processes = _measured_processes(worker.pid, stack)
+        cpu_before = {name: cpu() for name, cpu in processes.items()}
         while True:
             next_at = window_start + sample_seconds
             while time.monotonic() < next_at:
@@ -295,9 +308,18 @@ async def _soak(
             read.sort()
             samples[-1].read_p50_ms, samples[-1].read_p99_ms = _pct(read, 50), _pct(read, 99)
             samples[-1].lag_events = max(_sent_so_far(progress) - answered_total, 0)
+            cpu_now = {name: cpu() for name, cpu in processes.items()}
+            samples[-1].cpu_percent = {
+                name: round(100 * (cpu_now[name] - cpu_before[name]) / (now - window_start), 1)
+                for name in processes
+            }
+            cpu_before = cpu_now
+            if stack.broker_pid is not None:
+                samples[-1].broker_rss_mb = _rss_mb(stack.broker_pid)
             log.info(
                 "soak minute %.1f: RSS %.0f MB, answer published p50 %.0f p99 %.0f ms "
-                "(read p50 %.0f p99 %.0f ms), %.0f events/s, outbox backlog %d, lag %d",
+                "(read p50 %.0f p99 %.0f ms), %.0f events/s, outbox backlog %d, lag %d; "
+                "CPU %% of a core %s; broker RSS %.0f MB",
                 samples[-1].minute,
                 samples[-1].rss_mb,
                 samples[-1].p50_ms,
@@ -307,6 +329,8 @@ async def _soak(
                 samples[-1].applied_per_s,
                 samples[-1].outbox_backlog,
                 samples[-1].lag_events,
+                samples[-1].cpu_percent,
+                samples[-1].broker_rss_mb,
             )
             await _watch_jobs(conn, jobs_seen)
             window_start = now
@@ -427,10 +451,45 @@ def _rss_mb(pid: int) -> float:
 
 
 def _cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
+    if fields is None:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (field 3, the state, first)."""
     with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return float("nan")
+        return stat.read().rsplit(")", 1)[1].split()
+    return None
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and all its children, living (theirs so far) and ended (what the
+    parent collected of them): PostgreSQL's server and its backends and workers."""
+    own = _stat(pid)
+    if own is None:
+        return float("nan")
+    ticks = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != str(pid):
+            child = _stat(int(entry))
+            if child is not None and child[1] == str(pid):
+                ticks += sum(int(child[i]) for i in (11, 12, 13, 14))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _measured_processes(worker_pid: int, stack: Stack) -> dict[str, Callable[[], float]]:
+    """What the soak samples the CPU of: the worker, and the run's own broker and
+    PostgreSQL when it started them."""
+    measured: dict[str, Callable[[], float]] = {"worker": lambda: _cpu_seconds(worker_pid)}
+    if stack.broker_pid is not None:
+        broker_pid = stack.broker_pid
+        measured["broker"] = lambda: _cpu_seconds(broker_pid)
+    if stack.postgres_pid is not None:
+        postgres_pid = stack.postgres_pid
+        measured["postgres"] = lambda: _tree_cpu_seconds(postgres_pid)
+    return measured
 
 
 async def _settle(conn: asyncpg.Connection) -> dict[str, Any]:
@@ -540,6 +599,14 @@ def series(result: SoakResult) -> dict[str, tuple[str, list[float]]]:
         "outbox backlog (rows)": ("backlog", [float(s.outbox_backlog) for s in result.samples]),
         "checkouts sent, not answered": ("backlog", [float(s.lag_events) for s in result.samples]),
     }
+    for name in ("worker", "broker", "postgres"):
+        if any(name in s.cpu_percent for s in result.samples):
+            out[f"{name} CPU (% of a core)"] = (
+                "cpu",
+                [s.cpu_percent.get(name, float("nan")) for s in result.samples],
+            )
+    if any(s.broker_rss_mb == s.broker_rss_mb for s in result.samples):
+        out["broker RSS (MB)"] = ("rss", [s.broker_rss_mb for s in result.samples])
     for table in TABLES:
         out[f"{table} table (MB)"] = (
             "size",
@@ -647,9 +714,10 @@ def write_soak_report(result: SoakResult, path: Path, plot: Path | None) -> None
         " *read* to the moment the reader held it (the broker's delivery included).",
         "",
         "| minute | RSS MB | checkouts timed | published p50 | p95 | p99 ms | read p50 | "
-        "p99 ms | events/s | queue | outbox backlog | audit_log MB (+idx) | outbox MB (+idx) |",
+        "p99 ms | events/s | queue | outbox backlog | audit_log MB (+idx) | outbox MB (+idx) "
+        "| CPU % worker / broker / PostgreSQL | broker RSS MB |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: | ---: |",
     ]
     for s in s0:
         lines.append(
@@ -658,12 +726,22 @@ def write_soak_report(result: SoakResult, path: Path, plot: Path | None) -> None
             f"| {s.applied_per_s:,.0f} | {s.lag_events:,} "
             f"| {s.outbox_backlog:,} "
             f"| {s.table_mb.get('audit_log', 0):.1f} (+{s.index_mb.get('audit_log', 0):.1f}) "
-            f"| {s.table_mb.get('outbox', 0):.1f} (+{s.index_mb.get('outbox', 0):.1f}) |"
+            f"| {s.table_mb.get('outbox', 0):.1f} (+{s.index_mb.get('outbox', 0):.1f}) "
+            f"| {' / '.join(_percent(s.cpu_percent.get(n)) for n in CPU_OF)} "
+            f"| {s.broker_rss_mb:,.0f} |"
         )
     if plot is not None:
         lines += ["", f"![soak]({plot.name})"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+#: The processes whose CPU the per-sample table shows, in its column's order.
+CPU_OF = ("worker", "broker", "postgres")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.0f}"
 
 
 def _kept_up(result: SoakResult) -> str:
@@ -693,7 +771,10 @@ def _kept_up(result: SoakResult) -> str:
 
 
 def _unit(kind: str) -> str:
-    return {"rss": "MB", "latency": "ms", "size": "MB", "backlog": "rows", "rate": "events/s"}[kind]
+    return {
+        "rss": "MB", "latency": "ms", "size": "MB", "backlog": "rows", "rate": "events/s",
+        "cpu": "% of a core",
+    }[kind]
 
 
 def _jobs(result: SoakResult) -> str:
@@ -740,6 +821,17 @@ def _why_not_flat(growing: list[str], minutes: float) -> str:
             known.append(
                 f"{name}: latency on this shared machine moves with what else runs; compare "
                 "the per-sample table for a trend versus spikes."
+            )
+        elif name.startswith("broker"):
+            known.append(
+                f"{name}: the run's tansu keeps every record in memory and each fetch costs "
+                "more the more record batches a partition holds (docs/design.md, \"Why tansu "
+                "slows\"); Apache Kafka keeps its log on disk and drops it by retention."
+            )
+        elif name.endswith("CPU (% of a core)"):
+            known.append(
+                f"{name}: compare the per-sample table: the same work a minute costing more "
+                "as the run goes on is what slows the answers."
             )
         elif name.startswith("worker RSS"):
             known.append(

@@ -31,6 +31,9 @@ class Stack:
     #: Whether the run started the broker itself (an in-memory tansu), so a measurement
     #: may ask for one of its own (`broker_of_its_own`).
     owns_broker: bool = False
+    #: The run's own processes, when it started them: the soak samples their CPU and memory.
+    broker_pid: int | None = None
+    postgres_pid: int | None = None
 
 
 #: The run's own PostgreSQL, set as a server that takes thousands of transactions a
@@ -46,6 +49,7 @@ def running_stack(database_url: str | None, bootstrap: str | None) -> Iterator[S
     from service.devstack.servers import EmbeddedPostgres, TansuBroker
 
     with contextlib.ExitStack() as cleanup:
+        postgres_pid = broker_pid = None
         if database_url is None:
             postgres = EmbeddedPostgres(
                 Path(tempfile.mkdtemp(prefix="stock-bench-")) / "pg", delete_on_stop=True
@@ -53,12 +57,21 @@ def running_stack(database_url: str | None, bootstrap: str | None) -> Iterator[S
             database_url = postgres.start()
             cleanup.callback(postgres.stop)
             postgres.configure(LOAD_SERVER_SETTINGS)
+            postgres_pid = _postmaster_pid(postgres.data_dir)
         owns_broker = bootstrap is None
         if bootstrap is None:
             broker = TansuBroker()
             bootstrap = broker.start()
             cleanup.callback(broker.stop)
-        yield Stack(database_url, bootstrap, owns_broker)
+            broker_pid = broker.pid
+        yield Stack(database_url, bootstrap, owns_broker, broker_pid, postgres_pid)
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    """The server's first process, from the first line of its `postmaster.pid`."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    return None
 
 
 @contextlib.contextmanager

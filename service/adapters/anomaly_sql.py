@@ -7,8 +7,9 @@ set-based statement over the audit log, answered with a handful of numbers per v
 * `WEEKLY_LOSSES`: for every variant that lost at least `min_units` in the judged week,
   its losses of that week and of the 8 weeks before.
 
-Both read the audit log through its `(variant_id, version)` index or a scan of the
-weeks' rows; docs/design.md, "Anomaly rules", says what they cost.
+The first reads the audit log through its `(variant_id, version)` index, the second
+through `audit_log_losses` (the negative ADJUSTMENT rows by time); docs/design.md,
+"Anomaly rules", says what they cost.
 """
 
 from __future__ import annotations

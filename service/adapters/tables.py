@@ -174,6 +174,14 @@ Index(
     postgresql_include=["variant_id", "delta_on_hand"],
     postgresql_where=audit_log.c.change_type == "SALE",
 )
+# The losses (negative ADJUSTMENT rows) by time: the shrinkage check's weeks
+# (service/adapters/anomaly_sql.py, WEEKLY_LOSSES) without a scan of the whole log.
+Index(
+    "audit_log_losses",
+    audit_log.c.created_at,
+    postgresql_include=["variant_id", "delta_on_hand"],
+    postgresql_where=(audit_log.c.change_type == "ADJUSTMENT") & (audit_log.c.delta_on_hand < 0),
+)
 
 processed_events = Table(
     "processed_events",

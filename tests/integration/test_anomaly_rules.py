@@ -9,7 +9,8 @@ variant row at version N with the sum of their deltas (the invariants hold: chec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -329,3 +330,31 @@ async def test_the_shrinkage_job_on_a_shop_without_losses_raises_nothing(
     assert run is not None and run.outcome == "succeeded"
     assert (run.detail["candidates"], run.detail["raised"]) == (0, 0)
     assert await kept(s) == []
+
+
+async def test_the_shrinkage_check_reads_the_losses_from_their_index(engine, settings) -> None:
+    # A log of sales with a few losses among them: the weeks' losses are found from
+    # `audit_log_losses`, not by a scan of the whole log (which grows for ever).
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO audit_log (variant_id, change_type, delta_on_hand, delta_reserved,"
+            " on_hand_after, reserved_after, version, actor, created_at)"
+            " SELECT 'v' || (i % 500), CASE WHEN i % 1000 = 0 THEN 'ADJUSTMENT' ELSE 'SALE' END,"
+            " -1, 0, 0, 0, i, 'test', now() - interval '1 minute' * i"
+            " FROM generate_series(1, 20000) AS i"
+        ))
+        await conn.execute(text("ANALYZE audit_log"))
+        week_start = (await conn.execute(anomaly_sql.LAST_COMPLETE_WEEK)).one().start
+        plan = (await conn.execute(
+            text("EXPLAIN (FORMAT JSON) " + str(anomaly_sql.WEEKLY_LOSSES.text)),
+            {"week_start": week_start, "min_units": 1, "label": "2026-W01"},
+        )).scalar_one()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    on_audit = [n for n in _nodes(plan[0]["Plan"]) if n.get("Relation Name") == "audit_log"]
+    assert [n.get("Index Name") for n in on_audit] == ["audit_log_losses"], on_audit
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
