@@ -76,6 +76,18 @@ async def anomalies(s: Scenario) -> list[dict]:
     return [m.data for m in await s.outbox(s.settings.topic_stock_anomaly)]
 
 
+async def append_by_hand(
+    s: Scenario, variant_id: str, *, version: int, delta: int, on_hand_after: int
+) -> None:
+    """An ADJUSTMENT row appended with psql: the log refuses edits, not inserts."""
+    await s.execute(
+        """INSERT INTO audit_log (variant_id, change_type, delta_on_hand, delta_reserved,
+               on_hand_after, reserved_after, version, actor)
+           VALUES (:variant, 'ADJUSTMENT', :delta, 0, :after, 0, :v, 'psql')""",
+        variant=variant_id, delta=delta, after=on_hand_after, v=version,
+    )
+
+
 # ------------------------------------------------------------------ the checks
 
 
@@ -145,12 +157,7 @@ async def test_a_version_out_of_step_with_the_audit_log_is_a_version_gap(
 async def test_a_gap_in_the_audit_versions_is_a_version_gap(engine, settings, shop) -> None:
     # The log refuses edits, not inserts: a row appended by hand, skipping versions.
     n = await shop.version("poster")
-    await shop.execute(
-        """INSERT INTO audit_log (variant_id, change_type, delta_on_hand, delta_reserved,
-               on_hand_after, reserved_after, version, actor)
-           VALUES ('poster', 'ADJUSTMENT', 0, 0, 5, 0, :v, 'psql')""",
-        v=n + 3,
-    )
+    await append_by_hand(shop, "poster", version=n + 3, delta=0, on_hand_after=5)
     report = await reconcile(engine, settings, "cli:tester")
     assert found(report) == {("poster", "version_gap", n + 1, n + 3)}
 
@@ -235,12 +242,7 @@ async def test_a_log_with_a_gap_keeps_its_checkpoint_and_is_reported_every_run(
 ) -> None:
     assert (await reconcile(engine, settings, "cli:a")).clean
     n = await fresh_shop.version("poster")
-    await fresh_shop.execute(
-        """INSERT INTO audit_log (variant_id, change_type, delta_on_hand, delta_reserved,
-               on_hand_after, reserved_after, version, actor)
-           VALUES ('poster', 'ADJUSTMENT', 0, 0, 5, 0, :v, 'psql')""",
-        v=n + 2,
-    )
+    await append_by_hand(fresh_shop, "poster", version=n + 2, delta=0, on_hand_after=5)
     # Its row moved along, so a run reads the variant's log past the checkpoint.
     await fresh_shop.execute(
         "UPDATE variants SET version = :v WHERE variant_id = 'poster'", v=n + 2
@@ -256,12 +258,7 @@ async def test_audit_rows_appended_by_hand_to_a_variant_that_did_not_move_need_a
 ) -> None:
     assert (await reconcile(engine, settings, "cli:a")).clean
     n = await fresh_shop.version("poster")
-    await fresh_shop.execute(
-        """INSERT INTO audit_log (variant_id, change_type, delta_on_hand, delta_reserved,
-               on_hand_after, reserved_after, version, actor)
-           VALUES ('poster', 'ADJUSTMENT', 4, 0, 9, 0, :v, 'psql')""",
-        v=n + 1,
-    )
+    await append_by_hand(fresh_shop, "poster", version=n + 1, delta=4, on_hand_after=9)
     # A run reads the logs of the variants whose row moved; this one's did not.
     assert (await reconcile(engine, settings, "cli:b")).clean
     assert found(await reconcile(engine, settings, "cli:c", full=True)) == {
@@ -344,6 +341,11 @@ async def test_http_finds_a_change_behind_the_service_with_an_admin_token(
     whole = await http.post(f"{API}/reconciliation?full=true", headers=bearer(ADMIN))
     assert whole.status_code == 200, whole.text
     assert whole.json()["discrepancies"] == run["discrepancies"]
+    runs = await fresh_shop.scalar("SELECT count(*) FROM reconciliation_runs")
+    unclear = await http.post(f"{API}/reconciliation?full=maybe", headers=bearer(ADMIN))
+    assert unclear.status_code in (400, 422), unclear.text
+    assert unclear.json()["code"] and "full" in unclear.text
+    assert await fresh_shop.scalar("SELECT count(*) FROM reconciliation_runs") == runs
     assert (await http.get(f"{API}/reconciliation/latest")).status_code == 401
 
 
